@@ -1,0 +1,1 @@
+"""CEReBrO for blood-pressure estimation in JAX/Flax: model, conversion, prediction."""

@@ -1,0 +1,77 @@
+"""Model checkpoints: an orbax checkpoint of the parameters with the config recorded.
+
+Layout of a model directory (one orbax composite checkpoint):
+  params/        the CerebroBP parameter pytree (float32)
+  model_config/  ModelConfig.to_dict() as JSON
+  metadata/      free-form JSON (where the weights came from, conversion report, ...)
+Every tool loads a model from the directory alone: no size flag is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from cerebro_jax import model as model_lib
+from cerebro_jax.model_config import ConfigError, ModelConfig
+
+
+class ModelCheckpointError(ValueError):
+  """A model directory that cannot be loaded, with the directory named."""
+
+
+def save_model(directory: str | os.PathLike, params, config: ModelConfig,
+               metadata: dict[str, Any] | None = None, *, overwrite: bool = False) -> str:
+  """Writes params + config (+ metadata) to `directory`; returns its absolute path."""
+  directory = os.path.abspath(os.fspath(directory))
+  if os.path.exists(directory) and not overwrite:
+    raise FileExistsError(f'{directory} already exists; choose another output or overwrite')
+  check_params(params, config, directory)
+  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  checkpointer.save(directory, ocp.args.Composite(
+      params=ocp.args.StandardSave(jax.tree.map(np.asarray, params)),
+      model_config=ocp.args.JsonSave(config.to_dict()),
+      metadata=ocp.args.JsonSave(metadata or {})), force=overwrite)
+  return directory
+
+
+def load_model(directory: str | os.PathLike) -> tuple[dict, ModelConfig, dict[str, Any]]:
+  """Reads a directory written by `save_model`: (params, config, metadata)."""
+  directory = os.path.abspath(os.fspath(directory))
+  for part in ('params', 'model_config'):
+    if not os.path.isdir(os.path.join(directory, part)):
+      raise ModelCheckpointError(
+          f'{directory}: not a cerebro-bp model checkpoint (no {part}/ inside); '
+          'create one with scripts/convert_weights.py or by training')
+  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  try:
+    meta = checkpointer.restore(directory, ocp.args.Composite(
+        model_config=ocp.args.JsonRestore(), metadata=ocp.args.JsonRestore()))
+    config = ModelConfig.from_dict(meta.model_config)
+    restored = checkpointer.restore(directory, ocp.args.Composite(
+        params=ocp.args.StandardRestore()))
+  except ConfigError as e:
+    raise ModelCheckpointError(f'{directory}: bad model configuration: {e}') from e
+  except (ValueError, OSError, KeyError) as e:
+    raise ModelCheckpointError(f'{directory}: cannot restore the checkpoint: {e}') from e
+  params = jax.tree.map(np.asarray, restored.params)
+  check_params(params, config, directory)
+  return params, config, dict(meta.metadata or {})
+
+
+def check_params(params, config: ModelConfig, where: str = 'params') -> None:
+  """Raises ModelCheckpointError naming every leaf that does not fit `config`."""
+  expected = traverse_util.flatten_dict(
+      jax.eval_shape(lambda: model_lib.init_params(config, jax.random.PRNGKey(0))))
+  found = traverse_util.flatten_dict(params)
+  problems = [f'missing {"/".join(p)}' for p in expected if p not in found]
+  problems += [f'unexpected {"/".join(p)}' for p in found if p not in expected]
+  problems += [f'{"/".join(p)}: shape {tuple(found[p].shape)}, expected {expected[p].shape}'
+               for p in expected if p in found and tuple(found[p].shape) != expected[p].shape]
+  if problems:
+    raise ModelCheckpointError(f'{where}: parameters do not fit {config}: ' + '; '.join(problems))

@@ -1,0 +1,87 @@
+"""Batched, jitted BP inference on (N, 2, 1250) windows and CSV output."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cerebro_jax import model as model_lib
+from cerebro_jax.model_config import ModelConfig
+
+WINDOW_SHAPE = (2, 1250)  # (ECG, PPG) x 10 s at 125 Hz
+CSV_COLUMNS = ('sbp_mmhg', 'dbp_mmhg')
+
+
+class WindowsError(ValueError):
+  """Windows that the model cannot take, with the reason."""
+
+
+def check_windows(windows: np.ndarray, source: str = 'windows') -> np.ndarray:
+  """Validates an (N, 2, 1250) float32 array of finite values; returns it."""
+  if not isinstance(windows, np.ndarray):
+    raise WindowsError(f'{source}: expected a numpy array, got {type(windows).__name__}')
+  if windows.dtype != np.float32:
+    raise WindowsError(f'{source}: dtype {windows.dtype}, expected float32 '
+                       '(convert with windows.astype(np.float32))')
+  if windows.ndim != 3 or windows.shape[1:] != WINDOW_SHAPE:
+    raise WindowsError(f'{source}: shape {windows.shape}, expected (N, 2, 1250): '
+                       'N windows of ECG and PPG, 10 s at 125 Hz')
+  if windows.shape[0] == 0:
+    raise WindowsError(f'{source}: holds no windows')
+  bad = np.flatnonzero(~np.isfinite(windows).all(axis=(1, 2)))
+  if bad.size:
+    raise WindowsError(f'{source}: {bad.size} windows hold NaN or Inf, first indices '
+                       f'{bad[:10].tolist()}')
+  return windows
+
+
+def load_windows(path: str | os.PathLike) -> np.ndarray:
+  """Loads and validates a .npy file of windows (never unpickles objects)."""
+  path = os.fspath(path)
+  try:
+    windows = np.load(path, allow_pickle=False)
+  except FileNotFoundError:
+    raise
+  except (ValueError, OSError) as e:
+    raise WindowsError(f'{path}: not a readable .npy array ({e})') from e
+  return check_windows(windows, path)
+
+
+@functools.lru_cache(maxsize=8)
+def _forward(config: ModelConfig):
+  module = model_lib.CerebroBP(config)
+  return jax.jit(lambda params, x: module.apply({'params': params}, x))
+
+
+def predict_windows(params, config: ModelConfig, windows: np.ndarray,
+                    batch_size: int = 256) -> np.ndarray:
+  """Model outputs (N, 2) float32, [DBP, SBP] mmHg, for validated windows.
+
+  Batches are padded to `batch_size` so one compiled program serves every batch.
+  """
+  windows = check_windows(windows)
+  forward = _forward(config)
+  params = jax.tree.map(jnp.asarray, params)
+  outputs = []
+  for start in range(0, windows.shape[0], batch_size):
+    batch = windows[start:start + batch_size]
+    size = batch.shape[0]
+    if size < batch_size and windows.shape[0] > batch_size:
+      batch = np.concatenate([batch, np.zeros((batch_size - size,) + WINDOW_SHAPE, np.float32)])
+    outputs.append(np.asarray(forward(params, batch))[:size])
+  return np.concatenate(outputs)
+
+
+def write_predictions_csv(path: str | os.PathLike, predictions: np.ndarray) -> None:
+  """Writes `sbp_mmhg,dbp_mmhg` rows (9 significant digits) for (N, 2) model outputs."""
+  named = model_lib.named_outputs(predictions)
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(CSV_COLUMNS)
+    for row in zip(*(named[c] for c in CSV_COLUMNS)):
+      writer.writerow([f'{v:.9g}' for v in row])

@@ -1,0 +1,239 @@
+"""CEReBrO encoder and the blood-pressure head in Flax Linen.
+
+Shapes: B batch, C channels, T samples per channel, P = T // patch_size patches per
+channel, D embedding width, H heads. Tokens are kept on a (B, C, P, D) grid; flattening
+it gives the channel-major order of the original model (token n = c * P + p).
+
+Parameter tree (names mirror the PyTorch state dict, see convert.py):
+  encoder/{mask_token, pad_token, channel_encoding, patch_encoding, patch_embed,
+           blocks_{i}/{norm1, attn/{qkv, proj}, norm2, mlp/{fc1, fc2}}, norm}
+  head
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cerebro_jax.model_config import ModelConfig
+
+# Order of the model's two outputs, as in the original BP model. Everything user-facing
+# goes through `named_outputs`; nothing else should index the last axis by position.
+OUTPUT_COLUMNS = ('dbp_mmhg', 'sbp_mmhg')
+
+LAYER_NORM_EPS = 1e-5  # PyTorch's default; Flax's is 1e-6.
+
+
+def _truncated_normal_002(key, shape, dtype=jnp.float32):
+  """Normal with std 0.02 cut at +-0.02, as the original initialises its tables."""
+  return 0.02 * jax.random.truncated_normal(key, -1.0, 1.0, shape, dtype)
+
+
+def _xavier_uniform(scale: float = 1.0):
+  base = nn.initializers.xavier_uniform()
+  if scale == 1.0:
+    return base
+  return lambda key, shape, dtype=jnp.float32: base(key, shape, dtype) * scale
+
+
+def _dense(features: int, name: str, dtype: Any, scale: float = 1.0) -> nn.Dense:
+  return nn.Dense(features, name=name, dtype=dtype, param_dtype=jnp.float32,
+                  kernel_init=_xavier_uniform(scale), bias_init=nn.initializers.zeros)
+
+
+def _layer_norm(name: str, dtype: Any) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, name=name, dtype=dtype, param_dtype=jnp.float32)
+
+
+def _gelu(x: jax.Array) -> jax.Array:
+  return nn.gelu(x, approximate=False)  # exact erf form, as torch.nn.GELU()
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention over the second-to-last axis.
+
+  x: (..., L, D). key_mask: None or bool broadcastable to (..., L); False keys get
+  -inf logits, and a query whose keys are all False gets a zero output.
+  """
+
+  num_heads: int
+  dtype: Any
+  proj_scale: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
+    *lead, length, dim = x.shape
+    head_dim = dim // self.num_heads
+    qkv = _dense(3 * dim, 'qkv', self.dtype)(x)
+    qkv = qkv.reshape(*lead, length, 3, self.num_heads, head_dim)
+    q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+    q = q * jnp.asarray(head_dim**-0.5, q.dtype)
+    logits = jnp.einsum('...qhd,...khd->...hqk', q, k).astype(jnp.float32)
+    if key_mask is None:
+      weights = jax.nn.softmax(logits, axis=-1)
+    else:
+      mask = key_mask[..., None, None, :]
+      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+      weights = jax.nn.softmax(logits, axis=-1) * mask
+    out = jnp.einsum('...hqk,...khd->...qhd', weights.astype(self.dtype), v)
+    out = out.reshape(*lead, length, dim)
+    return _dense(dim, 'proj', self.dtype, self.proj_scale)(out)
+
+
+class Mlp(nn.Module):
+  """Linear(D, 4D) -> exact GELU -> Linear(4D, D) on (..., D)."""
+
+  hidden: int
+  dtype: Any
+  fc2_scale: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = _gelu(_dense(self.hidden, 'fc1', self.dtype)(x))
+    return _dense(x.shape[-1], 'fc2', self.dtype, self.fc2_scale)(y)
+
+
+def attention_view(x: jax.Array, channel_mask: jax.Array, mode: str):
+  """Rearranges the (B, C, P, D) grid into attention groups and their key mask.
+
+  Returns (tokens, key_mask, undo) where undo maps the attention output back.
+  """
+  batch, channels, patches, dim = x.shape
+  if mode == 'channels':  # at a fixed patch position p: groups (B, P), length C
+    undo = lambda y: jnp.swapaxes(y, 1, 2)
+    return jnp.swapaxes(x, 1, 2), channel_mask[:, None, :], undo
+  if mode == 'time':  # within one channel: groups (B, C), length P
+    return x, channel_mask[:, :, None], lambda y: y
+  # full: one group of all C*P tokens, channel-major
+  undo = lambda y: y.reshape(batch, channels, patches, dim)
+  key_mask = jnp.repeat(channel_mask, patches, axis=1)
+  return x.reshape(batch, channels * patches, dim), key_mask, undo
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block on the (B, C, P, D) token grid.
+
+  mode: 'channels', 'time' or 'full' (which tokens attend to each other).
+  """
+
+  config: ModelConfig
+  index: int
+  mode: str
+
+  def _drop_path(self, y: jax.Array, deterministic: bool) -> jax.Array:
+    rate = self.config.drop_path_rate
+    if deterministic or rate == 0.0:
+      return y
+    keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - rate,
+                                (y.shape[0],) + (1,) * (y.ndim - 1))
+    return jnp.where(keep, y / (1.0 - rate), 0).astype(y.dtype)
+
+  @nn.compact
+  def __call__(self, x, channel_mask, deterministic: bool):
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    depth_scale = 1.0 / math.sqrt(2.0 * (self.index + 1))
+    tokens, key_mask, undo = attention_view(
+        _layer_norm('norm1', dtype)(x), channel_mask, self.mode)
+    attended = Attention(cfg.num_heads, dtype, depth_scale, name='attn')(tokens, key_mask)
+    x = x + self._drop_path(undo(attended), deterministic)
+    mlp = Mlp(cfg.mlp_dim, dtype, depth_scale, name='mlp')
+    return x + self._drop_path(mlp(_layer_norm('norm2', dtype)(x)), deterministic)
+
+
+def block_mode(config: ModelConfig, index: int) -> str:
+  """Which tokens block `index` attends over: 'channels', 'time' or 'full'."""
+  if config.attention_type == 'full':
+    return 'full'
+  return 'channels' if index % 2 == 0 else 'time'
+
+
+class Encoder(nn.Module):
+  """CEReBrO encoder: (B, C, T) signals -> (B, C, P, D) tokens after the final norm.
+
+  channel_mask: None (all channels real) or bool (B, C), False for padded channels,
+  whose tokens become the learned pad token and are never attended to.
+  """
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, channel_mask: jax.Array | None = None, *,
+               deterministic: bool = True) -> jax.Array:
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    batch, channels, samples = x.shape
+    patches = samples // cfg.patch_size
+    if not 1 <= patches <= cfg.max_patches:
+      raise ValueError(f'{samples} samples per channel give {patches} patches of '
+                       f'{cfg.patch_size}; the model takes 1 to {cfg.max_patches}')
+    if channels > cfg.max_channels:
+      raise ValueError(f'{channels} channels; the model takes at most {cfg.max_channels}')
+
+    half = cfg.embed_dim // 2
+    param = lambda name, shape: self.param(name, _truncated_normal_002, shape, jnp.float32)
+    # Declared in the original's order; the mask token serves masked pre-training only.
+    param('mask_token', (1, 1, cfg.embed_dim))
+    pad_token = param('pad_token', (1, 1, cfg.embed_dim))
+    channel_table = param('channel_encoding', (1, cfg.max_channels, half))
+    patch_table = param('patch_encoding', (1, cfg.max_patches, half))
+
+    windows = x[..., :patches * cfg.patch_size].reshape(batch, channels, patches,
+                                                        cfg.patch_size)
+    tokens = _dense(cfg.embed_dim, 'patch_embed', dtype)(windows)
+    encoding = jnp.concatenate([
+        jnp.broadcast_to(channel_table[0, :channels, None, :], (channels, patches, half)),
+        jnp.broadcast_to(patch_table[0, None, :patches, :], (channels, patches, half)),
+    ], axis=-1)
+    tokens = tokens + encoding.astype(dtype)
+    if channel_mask is None:
+      channel_mask = jnp.ones((batch, channels), bool)
+    else:
+      channel_mask = jnp.asarray(channel_mask, bool)
+      tokens = jnp.where(channel_mask[:, :, None, None], tokens, pad_token[0, 0].astype(dtype))
+
+    for i in range(cfg.depth):
+      tokens = Block(cfg, i, block_mode(cfg, i), name=f'blocks_{i}')(
+          tokens, channel_mask, deterministic)
+    return _layer_norm('norm', dtype)(tokens)
+
+
+class CerebroBP(nn.Module):
+  """CEReBrO with the BP head: (B, C, T) -> (B, 2) float32 [DBP, SBP] in mmHg.
+
+  For the BP model C = 2 (ECG, PPG) and T = 1250 samples at 125 Hz.
+  """
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, channel_mask: jax.Array | None = None, *,
+               deterministic: bool = True) -> jax.Array:
+    tokens = Encoder(self.config, name='encoder')(x, channel_mask, deterministic=deterministic)
+    pooled = tokens.astype(jnp.float32).mean(axis=(1, 2))  # mean over all C*P tokens
+    head = nn.Dense(2, name='head', dtype=jnp.dtype(self.config.dtype),
+                    param_dtype=jnp.float32, kernel_init=_truncated_normal_002,
+                    bias_init=nn.initializers.zeros)
+    return _gelu(head(pooled)).astype(jnp.float32)
+
+
+def init_params(config: ModelConfig, rng: jax.Array, channels: int = 2,
+                samples: int = 1250) -> dict:
+  """Freshly initialised parameters of `CerebroBP(config)` (a plain nested dict)."""
+  dummy = jnp.zeros((1, channels, samples), jnp.float32)
+  return CerebroBP(config).init(rng, dummy)['params']
+
+
+def count_params(params) -> int:
+  return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
+
+
+def named_outputs(predictions) -> dict[str, np.ndarray]:
+  """(N, 2) model outputs -> {'sbp_mmhg': (N,), 'dbp_mmhg': (N,)}."""
+  predictions = np.asarray(predictions)
+  return {name: predictions[:, i] for i, name in enumerate(OUTPUT_COLUMNS)}

@@ -1,0 +1,123 @@
+"""Benchmarks that print figures (no pass/fail): `python scripts/benchmark.py model`.
+
+  model  For each size and attention type: forward latency at batch 1 (ms), throughput
+         at --batch (windows/s), and memory of one attention layer at --batch: XLA's
+         scratch bytes for the compiled layer (norm + qkv + attention + proj) and the
+         size of its softmax weights (B x H x groups x L x L float32).
+
+--json prints one JSON object instead of the table. Run on an idle machine.
+"""
+
+import json
+import os
+import platform
+import statistics
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from cerebro_jax import cli, model as model_lib
+from cerebro_jax.model_config import ATTENTION_TYPES, SIZES, ModelConfig
+
+_SIZES = flags.DEFINE_multi_enum('sizes', list(SIZES), list(SIZES), 'Model sizes to measure.')
+_BATCH = flags.DEFINE_integer('batch', 256, 'Batch for throughput and memory.', lower_bound=1)
+_CHANNELS = flags.DEFINE_integer('channels', 2, 'Input channels (2 for ECG + PPG; more for '
+                                 'the EEG setting of the paper\'s attention claim).',
+                                 lower_bound=1)
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per figure (median reported).',
+                                lower_bound=1)
+_JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
+
+SAMPLES = 1250
+
+
+def median_seconds(fn, *args, repeats):
+  """Median wall time of `fn(*args)` after one warm-up (compilation) call."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+class AttentionLayer(nn.Module):
+  """The attention half of one block: LayerNorm, regrouping, attention, proj."""
+  config: ModelConfig
+  mode: str
+
+  @nn.compact
+  def __call__(self, x):
+    mask = jnp.ones(x.shape[:2], bool)
+    tokens, key_mask, undo = model_lib.attention_view(nn.LayerNorm()(x), mask, self.mode)
+    return undo(model_lib.Attention(self.config.num_heads, jnp.float32, 1.0)(tokens, key_mask))
+
+
+def attention_memory(config, batch, channels):
+  """(XLA scratch MiB, softmax-weights MiB) of the largest attention layer of `config`."""
+  patches = SAMPLES // config.patch_size
+  modes = {model_lib.block_mode(config, i) for i in range(min(config.depth, 2))}
+  x = jax.ShapeDtypeStruct((batch, channels, patches, config.embed_dim), jnp.float32)
+  group_len = {'channels': (batch * patches, channels), 'time': (batch * channels, patches),
+               'full': (batch, channels * patches)}
+  scratch, weights = 0.0, 0.0
+  for mode in modes:
+    layer = AttentionLayer(config, mode)
+    params = jax.eval_shape(layer.init, jax.random.PRNGKey(0), x)
+    stats = jax.jit(layer.apply).lower(params, x).compile().memory_analysis()
+    scratch = max(scratch, stats.temp_size_in_bytes / 2**20)
+    groups, length = group_len[mode]
+    weights = max(weights, groups * config.num_heads * length * length * 4 / 2**20)
+  return scratch, weights
+
+
+def bench_model():
+  rows = []
+  rng = np.random.default_rng(0)
+  for size in _SIZES.value:
+    for attention_type in ATTENTION_TYPES:
+      config = ModelConfig.from_size(size, attention_type=attention_type)
+      params = model_lib.init_params(config, jax.random.PRNGKey(0), channels=_CHANNELS.value)
+      forward = jax.jit(lambda p, x, c=config: model_lib.CerebroBP(c).apply({'params': p}, x))
+      one = rng.random((1, _CHANNELS.value, SAMPLES), dtype=np.float32)
+      many = rng.random((_BATCH.value, _CHANNELS.value, SAMPLES), dtype=np.float32)
+      latency = median_seconds(forward, params, one, repeats=_REPEATS.value)
+      per_batch = median_seconds(forward, params, many, repeats=_REPEATS.value)
+      scratch, weights = attention_memory(config, _BATCH.value, _CHANNELS.value)
+      rows.append({'size': size, 'attention': attention_type,
+                   'latency_b1_ms': latency * 1e3,
+                   f'throughput_b{_BATCH.value}_windows_per_s': _BATCH.value / per_batch,
+                   'attn_layer_xla_scratch_mib': scratch,
+                   'attn_weights_mib': weights})
+  return rows
+
+
+def print_table(rows):
+  keys = list(rows[0])
+  print('  '.join(f'{k:>16s}' for k in keys))
+  for row in rows:
+    print('  '.join(f'{v:>16.2f}' if isinstance(v, float) else f'{v:>16s}' for v in row.values()))
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in ('model',):
+    raise SystemExit('usage: benchmark.py model [--json] [--sizes ...] [--batch N]')
+  rows = bench_model()
+  header = {'benchmark': argv[1], 'device': str(jax.devices()[0]),
+            'processor': platform.processor() or platform.machine(),
+            'cpu_count': os.cpu_count(),
+            'channels': _CHANNELS.value, 'batch': _BATCH.value, 'jax': jax.__version__}
+  if _JSON.value:
+    print(json.dumps({**header, 'results': rows}, indent=2))
+  else:
+    print(', '.join(f'{k}={v}' for k, v in header.items()))
+    print_table(rows)
+
+
+if __name__ == '__main__':
+  cli.run(main)

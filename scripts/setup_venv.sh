@@ -1,0 +1,19 @@
+# Sourced by scripts/test.sh and scripts/demo.sh: creates .venv in the repository root on
+# first use and (re)installs cerebro-bp with its test and torch extras whenever setup.cfg
+# changed since the last install. Needs python3 (3.10+) on PATH, or PYTHON set.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ ! -x .venv/bin/python ]; then
+  echo "Creating .venv with ${PYTHON:-python3} ..."
+  "${PYTHON:-python3}" -m venv .venv
+fi
+stamp=.venv/.cerebro-bp-installed
+wanted=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  echo "Installing cerebro-bp and its dependencies into .venv (first use: a few minutes) ..."
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e '.[test,torch]'
+  echo "$wanted" > "$stamp"
+fi
+export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"

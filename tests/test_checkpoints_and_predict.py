@@ -1,0 +1,127 @@
+"""Model directories (orbax) and the predict / convert_weights command lines."""
+
+import csv
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from cerebro_jax import checkpoints, inference, model as model_lib
+from cerebro_jax.model_config import ModelConfig
+from conftest import REPO_ROOT
+
+
+@pytest.fixture(scope='module')
+def saved_model(tmp_path_factory):
+  config = ModelConfig(depth=2, attention_type='full')
+  params = model_lib.init_params(config, jax.random.PRNGKey(7))
+  params['head']['bias'] = np.array([80.0, 120.0], np.float32)
+  path = checkpoints.save_model(tmp_path_factory.mktemp('m') / 'model', params, config,
+                                {'source': 'test'})
+  return path, params, config
+
+
+def test_save_and_load_round_trip(saved_model):
+  path, params, config = saved_model
+  loaded, loaded_config, metadata = checkpoints.load_model(path)
+  assert loaded_config == config and metadata == {'source': 'test'}
+  jax.tree.map(np.testing.assert_array_equal, loaded, jax.tree.map(np.asarray, params))
+
+
+def test_bad_model_directories_are_named(saved_model, tmp_path):
+  path, params, config = saved_model
+  with pytest.raises(FileExistsError, match='already exists'):
+    checkpoints.save_model(path, params, config)
+  with pytest.raises(checkpoints.ModelCheckpointError, match='not a cerebro-bp model'):
+    checkpoints.load_model(tmp_path)
+  with pytest.raises(checkpoints.ModelCheckpointError, match='blocks_1/attn/qkv/kernel'):
+    checkpoints.check_params(params, ModelConfig(depth=1), 'x')
+  wrong = jax.tree.map(lambda a: a, params)
+  wrong['head']['kernel'] = np.zeros((3, 2), np.float32)
+  with pytest.raises(checkpoints.ModelCheckpointError, match=r'head/kernel: shape \(3, 2\)'):
+    checkpoints.check_params(wrong, config, 'x')
+
+
+def test_windows_are_validated(tmp_path):
+  good = np.zeros((2, 2, 1250), np.float32)
+  assert inference.check_windows(good) is good
+  for bad, message in [(good.astype(np.float64), 'dtype float64'),
+                       (good[:, :1], r'shape \(2, 1, 1250\)'),
+                       (good[:0], 'no windows')]:
+    with pytest.raises(inference.WindowsError, match=message):
+      inference.check_windows(bad)
+  nan = good.copy()
+  nan[1, 0, 5] = np.nan
+  with pytest.raises(inference.WindowsError, match=r'1 windows hold NaN or Inf, first indices \[1\]'):
+    inference.check_windows(nan)
+  pickled = tmp_path / 'objects.npy'
+  np.save(pickled, np.array([{'a': 1}], dtype=object), allow_pickle=True)
+  with pytest.raises(inference.WindowsError, match='objects.npy'):
+    inference.load_windows(pickled)
+
+
+def test_batched_prediction_equals_one_pass(saved_model):
+  _, params, config = saved_model
+  x = np.random.default_rng(0).random((7, 2, 1250), dtype=np.float32)
+  one = np.asarray(model_lib.CerebroBP(config).apply({'params': params}, x))
+  np.testing.assert_allclose(inference.predict_windows(params, config, x, batch_size=3), one,
+                             rtol=1e-6, atol=1e-5)
+
+
+def run(*args):
+  return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                        timeout=300, check=False)
+
+
+def test_predict_command_writes_named_columns(saved_model, tmp_path):
+  path, params, config = saved_model
+  x = np.random.default_rng(1).random((5, 2, 1250), dtype=np.float32)
+  np.save(tmp_path / 'x.npy', x)
+  out = tmp_path / 'pred.csv'
+  result = run('-m', 'cerebro_jax.predict', f'--checkpoint={path}',
+               f'--windows={tmp_path / "x.npy"}', f'--output={out}')
+  assert result.returncode == 0, result.stderr
+  with open(out) as f:
+    rows = list(csv.reader(f))
+  assert rows[0] == ['sbp_mmhg', 'dbp_mmhg'] and len(rows) == 6
+  expected = np.asarray(model_lib.CerebroBP(config).apply({'params': params}, x))
+  values = np.array(rows[1:], float)
+  np.testing.assert_allclose(values[:, 0], expected[:, 1], rtol=1e-6)  # SBP is output 1
+  np.testing.assert_allclose(values[:, 1], expected[:, 0], rtol=1e-6)
+  assert all(len(v.replace('.', '').lstrip('0')) >= 7 for v in rows[1])
+
+
+def test_predict_command_refuses_bad_windows(saved_model, tmp_path):
+  path, _, _ = saved_model
+  np.save(tmp_path / 'bad.npy', np.zeros((3, 1250), np.float32))
+  result = run('-m', 'cerebro_jax.predict', f'--checkpoint={path}',
+               f'--windows={tmp_path / "bad.npy"}', f'--output={tmp_path / "p.csv"}')
+  assert result.returncode == 1
+  assert 'bad.npy: shape (3, 1250), expected (N, 2, 1250)' in result.stderr
+  assert 'Traceback' not in result.stderr
+  result = run('-m', 'cerebro_jax.predict', f'--checkpoint={tmp_path}',
+               f'--windows={tmp_path / "bad.npy"}', f'--output={tmp_path / "p.csv"}')
+  assert result.returncode == 1 and 'not a cerebro-bp model checkpoint' in result.stderr
+
+
+def test_convert_weights_command(tmp_path):
+  torch = pytest.importorskip('torch', reason='torch is not installed')
+  import torch_reference  # pylint: disable=import-outside-toplevel
+  ref = torch_reference.BPModel(192, 2, 12)
+  encoder = {k: v for k, v in ref.state_dict().items() if k.startswith('model.')}
+  torch.save({'state_dict': encoder}, tmp_path / 'pre.ckpt')
+  result = run('scripts/convert_weights.py', f'--checkpoint={tmp_path / "pre.ckpt"}',
+               '--size=small', '--depth=2', f'--output={tmp_path / "out"}')
+  assert result.returncode == 0, result.stderr
+  assert 'BP head was initialised fresh' in result.stdout
+  _, config, metadata = checkpoints.load_model(tmp_path / 'out')
+  assert config.depth == 2 and metadata['encoder_only'] is True
+
+  result = run('scripts/convert_weights.py', f'--checkpoint={tmp_path / "pre.ckpt"}',
+               '--size=base', f'--output={tmp_path / "out2"}')
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert 'mis-shaped model.blocks.0.attn.qkv.weight' in result.stderr
+  assert 'missing' in result.stderr and 'model.blocks.9.norm1.weight' in result.stderr
+  assert not (tmp_path / 'out2').exists()

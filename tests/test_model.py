@@ -1,0 +1,167 @@
+"""The Flax CEReBrO model: sizes, padding, attention types, dtype, drop path, init."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cerebro_jax import model as model_lib
+from cerebro_jax.model_config import ConfigError, ModelConfig
+
+# ../shared/spec/cerebro.md, "Sizes".
+SPEC_COUNTS = {'small': (3_587_904, 3_588_290), 'base': (39_974_976, 39_976_130),
+               'large': (85_170_432, 85_171_970)}
+
+
+def abstract_params(config):
+  return jax.eval_shape(lambda: model_lib.init_params(config, jax.random.PRNGKey(0)))
+
+
+@pytest.mark.parametrize('size', sorted(SPEC_COUNTS))
+def test_parameter_counts_match_the_spec_table(size):
+  params = abstract_params(ModelConfig.from_size(size))
+  assert (model_lib.count_params(params['encoder']), model_lib.count_params(params)) == (
+      SPEC_COUNTS[size])
+
+
+def test_attention_type_does_not_change_the_parameters():
+  alternating = abstract_params(ModelConfig(depth=2))
+  full = abstract_params(ModelConfig(depth=2, attention_type='full'))
+  assert jax.tree.structure(alternating) == jax.tree.structure(full)
+
+
+@pytest.fixture(scope='module')
+def small4():
+  config = ModelConfig(depth=4)
+  return config, model_lib.init_params(config, jax.random.PRNGKey(3), channels=5)
+
+
+def _encode(config, params, x, mask=None):
+  return np.asarray(model_lib.Encoder(config).apply({'params': params['encoder']}, x, mask))
+
+
+@pytest.mark.parametrize('attention_type', ['alternating', 'full'])
+def test_real_channels_ignore_padded_channels(small4, attention_type):
+  config, params = small4
+  config = ModelConfig(depth=4, attention_type=attention_type)
+  rng = np.random.default_rng(0)
+  x = rng.random((2, 5, 1250), dtype=np.float32)
+  mask = np.array([[1, 1, 1, 0, 0], [1, 0, 1, 1, 0]], bool)
+  padded = _encode(config, params, x, mask)
+  x_other = np.where(mask[:, :, None], x, rng.normal(size=x.shape) * 100).astype(np.float32)
+  np.testing.assert_array_equal(_encode(config, params, x_other, mask), padded)
+  # Real channels' tokens equal a run on the real channels alone (row 0: channels 0-2).
+  alone = _encode(config, params, x[:1, :3])
+  np.testing.assert_allclose(padded[0, :3], alone[0], atol=1e-5)
+  # Without the mask the padded content does leak in: the mask is what protects.
+  assert np.abs(_encode(config, params, x_other) - _encode(config, params, x)).max() > 1e-2
+
+
+def test_alternating_and_full_attention_differ(small4):
+  _, params = small4
+  x = np.random.default_rng(1).random((2, 2, 1250), dtype=np.float32)
+  alternating = _encode(ModelConfig(depth=4), params, x)
+  full = _encode(ModelConfig(depth=4, attention_type='full'), params, x)
+  assert np.abs(alternating - full).max() > 1e-2
+
+
+def test_alternating_blocks_attend_across_channels_then_time():
+  config = ModelConfig(depth=4)
+  assert [model_lib.block_mode(config, i) for i in range(4)] == [
+      'channels', 'time', 'channels', 'time']
+  full = ModelConfig(depth=2, attention_type='full')
+  assert [model_lib.block_mode(full, i) for i in range(2)] == ['full', 'full']
+
+
+def test_one_block_across_channels_keeps_patches_apart():
+  """Block 0 mixes channels at a fixed patch only: patch p is blind to other patches."""
+  config = ModelConfig(depth=1)
+  params = model_lib.init_params(config, jax.random.PRNGKey(0))
+  x = np.random.default_rng(2).random((1, 2, 1250), dtype=np.float32)
+  changed = x.copy()
+  changed[:, 1, 64 * 5:64 * 6] += 1.0  # PPG, patch 5 only
+  diff = np.abs(_encode(config, params, changed) - _encode(config, params, x)).max(axis=-1)[0]
+  assert diff[:, 5].min() > 1e-3  # both channels at patch 5 change
+  assert diff[:, np.arange(19) != 5].max() == 0.0  # nothing else does
+
+
+def test_bp_output_shape_dtype_and_names():
+  config = ModelConfig(depth=2)
+  params = model_lib.init_params(config, jax.random.PRNGKey(0))
+  out = model_lib.CerebroBP(config).apply({'params': params}, jnp.zeros((3, 2, 1250)))
+  assert out.shape == (3, 2) and out.dtype == jnp.float32
+  named = model_lib.named_outputs(np.array([[80.0, 120.0]]))
+  assert named == {'dbp_mmhg': 80.0, 'sbp_mmhg': 120.0}
+
+
+def test_the_last_34_samples_are_dropped():
+  config = ModelConfig(depth=1)
+  params = model_lib.init_params(config, jax.random.PRNGKey(0))
+  x = np.random.default_rng(3).random((1, 2, 1250), dtype=np.float32)
+  tail = x.copy()
+  tail[..., 19 * 64:] = 5.0
+  apply = lambda v: np.asarray(model_lib.CerebroBP(config).apply({'params': params}, v))
+  np.testing.assert_array_equal(apply(x), apply(tail))
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_stays_close():
+  f32 = ModelConfig(depth=2)
+  bf16 = ModelConfig(depth=2, dtype='bfloat16')
+  params = model_lib.init_params(bf16, jax.random.PRNGKey(0))
+  assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype('float32')}
+  params = {**params, 'head': {'kernel': params['head']['kernel'] * 500,
+                               'bias': jnp.array([80.0, 120.0])}}
+  x = np.random.default_rng(4).random((4, 2, 1250), dtype=np.float32)
+  ref = model_lib.CerebroBP(f32).apply({'params': params}, x)
+  low = model_lib.CerebroBP(bf16).apply({'params': params}, x)
+  assert low.dtype == jnp.float32
+  error = np.abs(np.asarray(low) - np.asarray(ref)).max()
+  assert 0 < error < 2.0  # bfloat16 has 8 bits of mantissa: different, but close
+
+
+def test_drop_path_is_random_in_training_only():
+  config = ModelConfig(depth=4, drop_path_rate=0.5)
+  params = model_lib.init_params(config, jax.random.PRNGKey(0))
+  x = np.random.default_rng(5).random((8, 2, 1250), dtype=np.float32)
+  module = model_lib.CerebroBP(config)
+  train = lambda seed: np.asarray(module.apply(
+      {'params': params}, x, deterministic=False, rngs={'dropout': jax.random.PRNGKey(seed)}))
+  evaluation = np.asarray(module.apply({'params': params}, x))
+  np.testing.assert_array_equal(module.apply({'params': params}, x), evaluation)
+  np.testing.assert_array_equal(train(1), train(1))
+  assert np.abs(train(1) - train(2)).max() > 0
+  assert np.abs(train(1) - evaluation).max() > 0
+
+
+def test_initialisation_follows_the_original():
+  config = ModelConfig(depth=4)
+  params = model_lib.init_params(config, jax.random.PRNGKey(0))
+  enc = params['encoder']
+  for name in ('mask_token', 'pad_token', 'channel_encoding', 'patch_encoding'):
+    assert np.abs(enc[name]).max() <= 0.02
+  assert np.abs(params['head']['kernel']).max() <= 0.02
+  assert np.all(params['head']['bias'] == 0)
+  np.testing.assert_array_equal(enc['norm']['scale'], 1.0)
+  # Xavier-uniform bound for (192, 192) is sqrt(6/384); block i proj is scaled by
+  # 1/sqrt(2(i+1)).
+  bound = np.sqrt(6 / 384)
+  for i in range(4):
+    proj = np.abs(enc[f'blocks_{i}']['attn']['proj']['kernel']).max()
+    assert bound / np.sqrt(2 * (i + 1)) * 0.95 < proj <= bound / np.sqrt(2 * (i + 1))
+
+
+def test_bad_configurations_and_inputs_are_refused():
+  with pytest.raises(ConfigError, match='num_heads'):
+    ModelConfig(embed_dim=192, num_heads=7)
+  with pytest.raises(ConfigError, match='attention_type'):
+    ModelConfig(attention_type='local')
+  with pytest.raises(ConfigError, match='unknown model size'):
+    ModelConfig.from_size('huge')
+  with pytest.raises(ConfigError, match='unknown model configuration fields'):
+    ModelConfig.from_dict({'size': 'small', 'colour': 'red'})
+  assert ModelConfig.from_dict(ModelConfig(depth=3).to_dict()) == ModelConfig(depth=3)
+  config = ModelConfig(depth=1)
+  with pytest.raises(ValueError, match='patches'):
+    model_lib.init_params(config, jax.random.PRNGKey(0), samples=64 * 101)
+  with pytest.raises(ValueError, match='channels'):
+    model_lib.init_params(config, jax.random.PRNGKey(0), channels=65)
