@@ -1,0 +1,168 @@
+"""10-s windows of a `Record` with SBP/DBP labels and PulseDB's quality verdicts.
+
+Each record is cut into non-overlapping 10-s windows (1250 samples at 125 Hz) from its
+first sample. A window is accepted only if it passes every rule below, checked in this
+order; the first rule it fails is its reject reason:
+
+  nan                  a NaN (gap or absent channel) in ECG, PPG or ABP, raw or filtered
+  ecg_lead_change      the ECG lead changes inside the window
+  flat_line            more than 1 s of constant amplitude in any signal
+  clipping             more than 3 consecutive samples equal to the window's max (ECG,
+                       PPG, ABP) or min (ECG, ABP). The PPG minimum is exempt: the slow
+                       diastolic trough of a 12-bit PPG holds one level for up to 10
+                       samples at 125 Hz on clean real data; that is not clipping
+  abp_range            raw ABP outside 20-250 mmHg
+  too_few_beats        fewer than 4 ABP systolic peaks
+  heart_rate           heart rate from the ABP beats outside 30-200 bpm
+  sbp_le_dbp           SBP <= DBP
+  ppg_skewness         skewness of the filtered PPG < 0
+  ppg_abp_correlation  max Pearson correlation of filtered PPG and ABP over lags
+                       within +-1 s < 0.9
+
+Labels: SBP = mean raw ABP at the systolic peaks, DBP = mean raw ABP at the feet (mmHg).
+Model inputs: the filtered ECG and PPG, each min-max scaled to [0, 1] per window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+from scipy import stats
+
+from input_pipeline import beats
+from input_pipeline.records import FS, Record
+
+WINDOW_SECONDS = 10.0
+WINDOW = int(WINDOW_SECONDS * FS)  # 1250 samples
+
+REJECT_REASONS = ('nan', 'ecg_lead_change', 'flat_line', 'clipping', 'abp_range',
+                  'too_few_beats', 'heart_rate', 'sbp_le_dbp', 'ppg_skewness',
+                  'ppg_abp_correlation')
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityRules:
+  """Thresholds of the quality rules (defaults: PulseDB's, plus plausibility checks)."""
+  flat_seconds: float = 1.0  # longest allowed run of constant amplitude
+  max_extreme_run: int = 3  # longest allowed run of samples at the window min / max
+  abp_range_mmhg: tuple[float, float] = (20.0, 250.0)
+  min_beats: int = 4
+  heart_rate_bpm: tuple[float, float] = (30.0, 200.0)
+  min_ppg_skewness: float = 0.0
+  min_ppg_abp_correlation: float = 0.9
+  max_lag_seconds: float = 1.0
+
+
+@dataclasses.dataclass
+class Window:
+  """One candidate window and its verdict.
+
+  signals: (2, 1250) float32 [ECG, PPG] scaled to [0, 1], or None when rejected.
+  sbp_mmhg / dbp_mmhg: labels (NaN when they could not be computed).
+  reject: '' when accepted, else one of REJECT_REASONS.
+  """
+  record: str
+  subject: str
+  source: str
+  start_s: float
+  lead: str
+  sbp_mmhg: float
+  dbp_mmhg: float
+  reject: str
+  signals: np.ndarray | None = None
+
+  @property
+  def accepted(self) -> bool:
+    return not self.reject
+
+
+def _longest_run(mask: np.ndarray) -> int:
+  """Length of the longest run of True in a 1-D bool array."""
+  if not mask.any():
+    return 0
+  edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+  return int((edges[1::2] - edges[::2]).max())
+
+
+def _is_flat(x: np.ndarray, seconds: float) -> bool:
+  # n equal consecutive samples = n - 1 zero differences.
+  return _longest_run(np.diff(x) == 0) + 1 > seconds * FS
+
+
+def _is_clipped(x: np.ndarray, max_run: int, check_min: bool = True) -> bool:
+  return _longest_run(x == x.max()) > max_run or (
+      check_min and _longest_run(x == x.min()) > max_run)
+
+
+def max_lagged_correlation(a: np.ndarray, b: np.ndarray, max_lag: int) -> float:
+  """max over |lag| <= max_lag of Pearson r(a[t], b[t + lag]) on the overlap."""
+  best = -1.0
+  n = len(a)
+  for lag in range(-max_lag, max_lag + 1):
+    x, y = (a[:n - lag], b[lag:]) if lag >= 0 else (a[-lag:], b[:n + lag])
+    if x.std() > 0 and y.std() > 0:
+      best = max(best, float(np.corrcoef(x, y)[0, 1]))
+  return best
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+  span = x.max() - x.min()
+  return ((x - x.min()) / span if span > 0 else np.zeros_like(x)).astype(np.float32)
+
+
+def label_abp(raw_abp: np.ndarray, filtered_abp: np.ndarray):
+  """(SBP, DBP, number of beats, heart rate bpm) of one ABP window."""
+  peaks, feet = beats.abp_beats(raw_abp, filtered_abp)
+  if len(peaks) < 2:
+    return np.nan, np.nan, len(peaks), np.nan
+  heart_rate = 60.0 * FS / float(np.median(np.diff(peaks)))
+  return float(raw_abp[peaks].mean()), float(raw_abp[feet].mean()), len(peaks), heart_rate
+
+
+def judge(raw: dict, filtered: dict, lead_ids: np.ndarray, rules: QualityRules):
+  """(reject reason or '', SBP, DBP) for one window's raw and filtered signals."""
+  nan = np.nan
+  if any(not np.isfinite(v).all() for v in (*raw.values(), *filtered.values())):
+    return 'nan', nan, nan
+  if len(np.unique(lead_ids)) != 1 or lead_ids[0] < 0:
+    return 'ecg_lead_change', nan, nan
+  if any(_is_flat(v, rules.flat_seconds) for v in raw.values()):
+    return 'flat_line', nan, nan
+  if any(_is_clipped(v, rules.max_extreme_run, check_min=k != 'ppg') for k, v in raw.items()):
+    return 'clipping', nan, nan
+  lo, hi = rules.abp_range_mmhg
+  if raw['abp'].min() < lo or raw['abp'].max() > hi:
+    return 'abp_range', nan, nan
+  sbp, dbp, count, heart_rate = label_abp(raw['abp'], filtered['abp'])
+  if count < rules.min_beats:
+    return 'too_few_beats', sbp, dbp
+  if not rules.heart_rate_bpm[0] <= heart_rate <= rules.heart_rate_bpm[1]:
+    return 'heart_rate', sbp, dbp
+  if sbp <= dbp:
+    return 'sbp_le_dbp', sbp, dbp
+  if stats.skew(filtered['ppg']) < rules.min_ppg_skewness:
+    return 'ppg_skewness', sbp, dbp
+  lag = int(round(rules.max_lag_seconds * FS))
+  if max_lagged_correlation(filtered['ppg'], filtered['abp'], lag) < rules.min_ppg_abp_correlation:
+    return 'ppg_abp_correlation', sbp, dbp
+  return '', sbp, dbp
+
+
+def windows_of(record: Record, rules: QualityRules = QualityRules()) -> Iterator[Window]:
+  """Every non-overlapping 10-s window of `record`, accepted or not, in time order."""
+  filtered = {'ecg': beats.filter_ecg(record.ecg), 'ppg': beats.filter_pulse(record.ppg),
+              'abp': beats.filter_pulse(record.abp)}
+  raw = {'ecg': record.ecg, 'ppg': record.ppg, 'abp': record.abp}
+  for start in range(0, record.num_samples - WINDOW + 1, WINDOW):
+    part = slice(start, start + WINDOW)
+    lead_ids = record.ecg_lead[part]
+    reject, sbp, dbp = judge({k: v[part] for k, v in raw.items()},
+                             {k: v[part] for k, v in filtered.items()}, lead_ids, rules)
+    lead = record.leads[lead_ids[0]] if lead_ids[0] >= 0 and not reject == 'ecg_lead_change' else ''
+    signals = None if reject else np.stack([_minmax(filtered['ecg'][part]),
+                                            _minmax(filtered['ppg'][part])])
+    yield Window(record=record.record, subject=record.subject, source=record.source,
+                 start_s=start / FS, lead=lead, sbp_mmhg=sbp, dbp_mmhg=dbp, reject=reject,
+                 signals=signals)

@@ -1,0 +1,104 @@
+"""Records -> labelled 10-s ECG + PPG windows as a TFDS dataset, with a report.
+
+  python scripts/prepare_data.py --source synthetic --output data/synthetic
+  python scripts/prepare_data.py --source mimic3 --input mimic3wdb/ --output data/mimic3
+  python scripts/prepare_data.py --source vitaldb --input vital_files/ --output data/vitaldb
+
+Writes into --output: the TFDS dataset (<builder>/<config>/<version>/), summary.json
+(records read and failed, windows kept, rejects by reason, subjects and windows per
+split) and windows.csv (one row per candidate window with its verdict and split).
+Records that cannot be read are named with the reason and skipped.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+
+from absl import flags
+
+from cerebro_jax import cli
+from input_pipeline import mimic3, prepare, splits, synthetic, tfds_builders, vitaldb_files
+
+_SOURCE = flags.DEFINE_enum('source', 'synthetic', prepare.SOURCES, 'Where the records come from.')
+_INPUT = flags.DEFINE_string('input', None, 'Folder of records (WFDB for mimic3, .vital for '
+                             'vitaldb), searched recursively. Not used for synthetic.')
+_OUTPUT = flags.DEFINE_string('output', None, 'Folder for the dataset and the reports.',
+                              required=True)
+_PROTOCOL = flags.DEFINE_enum('protocol', 'subject', splits.PROTOCOLS,
+                              'subject: disjoint subjects per split (calibration-free); '
+                              'random: random windows, the paper\'s calibration-based split.')
+_FRACTIONS = flags.DEFINE_list('fractions', ['0.8', '0.1', '0.1'],
+                               'Train, validation, test fractions (of subjects for the '
+                               'subject protocol, of windows for random).')
+_SEED = flags.DEFINE_integer('seed', 42, 'Split seed.')
+_SUBJECTS = flags.DEFINE_integer('subjects', 48, 'Synthetic cohort: number of subjects.',
+                                 lower_bound=1)
+_MINUTES = flags.DEFINE_float('minutes', 6.0, 'Synthetic cohort: minutes per subject.',
+                              lower_bound=0.2)
+_COHORT_SEED = flags.DEFINE_integer('cohort_seed', 0, 'Synthetic cohort: generator seed.')
+_ECG_LEADS = flags.DEFINE_list('ecg_leads', list(mimic3.ChannelNames.ecg_leads),
+                               'MIMIC-III: ECG leads in order of preference (e.g. II,I,III,V).')
+_PPG_NAMES = flags.DEFINE_list('ppg_names', list(mimic3.ChannelNames.ppg_names),
+                               'MIMIC-III: PPG signal names.')
+_ABP_NAMES = flags.DEFINE_list('abp_names', list(mimic3.ChannelNames.abp_names),
+                               'MIMIC-III: arterial pressure signal names.')
+_ECG_TRACK = flags.DEFINE_string('ecg_track', vitaldb_files.TrackNames.ecg, 'VitalDB ECG track.')
+_PPG_TRACK = flags.DEFINE_string('ppg_track', vitaldb_files.TrackNames.ppg, 'VitalDB PPG track.')
+_ABP_TRACK = flags.DEFINE_string('abp_track', vitaldb_files.TrackNames.abp,
+                                 'VitalDB arterial pressure track.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing dataset in --output.')
+
+
+def options_from_flags() -> prepare.PrepareOptions:
+  return prepare.PrepareOptions(
+      source=_SOURCE.value, input_dir=_INPUT.value, protocol=_PROTOCOL.value,
+      fractions=tuple(float(f) for f in _FRACTIONS.value), seed=_SEED.value,
+      cohort=synthetic.CohortConfig(num_subjects=_SUBJECTS.value,
+                                    minutes_per_subject=_MINUTES.value, seed=_COHORT_SEED.value),
+      channels=mimic3.ChannelNames(tuple(_ECG_LEADS.value), tuple(_PPG_NAMES.value),
+                                   tuple(_ABP_NAMES.value)),
+      tracks=vitaldb_files.TrackNames(_ECG_TRACK.value, _PPG_TRACK.value, _ABP_TRACK.value))
+
+
+def print_summary(summary: dict) -> None:
+  print(f"records read: {summary['records_read']}, failed: {summary['records_failed']}")
+  for failure in summary['failures']:
+    print(f"  skipped {failure['record']}: {failure['reason']}")
+  print(f"windows: {summary['candidate_windows']} candidates, {summary['windows_kept']} kept")
+  for reason, count in summary['rejects'].items():
+    if count:
+      print(f'  rejected {reason}: {count}')
+  for name, split in summary['splits'].items():
+    print(f"  {name}: {split['windows']} windows from {split['subjects']} subjects")
+
+
+def main(argv):
+  del argv
+  try:
+    options = options_from_flags()
+    builder_dir = os.path.join(_OUTPUT.value, tfds_builders.BUILDERS[options.source].name)
+    if os.path.exists(builder_dir):
+      if not _OVERWRITE.value:
+        raise FileExistsError(f'{builder_dir} exists; pass --overwrite to replace it')
+      shutil.rmtree(builder_dir)
+    prepared = prepare.prepare(options)
+  except (FileNotFoundError, FileExistsError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  summary_path, csv_path = prepare.write_reports(prepared, _OUTPUT.value)
+  print_summary(prepared.summary())
+  if len(prepared.sbp) == 0:
+    print(f'error: no window passed the quality checks; see {csv_path}', file=sys.stderr)
+    return 1
+  builder = tfds_builders.build(options, _OUTPUT.value, prepared)
+  print(f'dataset: {builder.data_dir}')
+  print(f'report: {summary_path}, {csv_path}')
+  with open(os.path.join(_OUTPUT.value, 'options.json'), 'w') as f:
+    json.dump(dataclasses.asdict(options), f, indent=2)
+  return 0
+
+
+if __name__ == '__main__':
+  cli.run(main)
