@@ -80,17 +80,21 @@ def abp_beats(raw: np.ndarray, filtered: np.ndarray, fs: float = FS,
   """Systolic peaks and feet of an ABP window (sample indices into `raw`).
 
   Peaks are found on the filtered wave and moved to the raw maximum within +-refine_s;
-  a peak is dropped when that range leaves the window or its maximum lies on the range's
-  edge (the tail of a beat cut by the window, not a systole); foot k is the raw minimum between peaks k and k+1 (so len(feet) = len(peaks) - 1).
+  a peak is dropped when that range leaves the window, when its maximum lies on the
+  range's edge (the tail of a beat cut by the window), or when it lies in the lower half
+  of the window's pressure range (band-pass ringing, not a systole); foot k is the raw minimum between peaks k and k+1 (so len(feet) = len(peaks) - 1).
   """
   reach = int(round(refine_s * fs))
+  midpoint = 0.5 * (raw.min() + raw.max())
   peaks = []
   for p in systolic_peaks(filtered, fs):
     lo, hi = p - reach, p + reach + 1
     if lo < 0 or hi > len(raw):
       continue  # too close to the window's edge to tell a peak from a cut-off beat
     peak = lo + int(np.argmax(raw[lo:hi]))
-    if lo < peak < hi - 1:  # a maximum on the range's edge is a slope, not a peak
+    # A maximum on the range's edge is a slope, not a peak; one in the lower half of
+    # the window's pressure range is band-pass ringing, not a systole.
+    if lo < peak < hi - 1 and raw[peak] > midpoint:
       peaks.append(peak)
   peaks = np.unique(np.array(peaks, dtype=int))
   feet = np.array([a + int(np.argmin(raw[a:b])) for a, b in zip(peaks[:-1], peaks[1:])],

@@ -132,3 +132,20 @@ def find_records(directory: str) -> list[str]:
     if isinstance(header, wfdb.MultiRecord):
       segments.update(os.path.join(os.path.dirname(path), s) for s in header.seg_name)
   return sorted(p for p in headers if p not in segments and not p.endswith('_layout'))
+
+
+# ADC gains (units per mV, per PPG unit, per mmHg) that keep 16-bit samples in range.
+_WRITE_GAINS = {'ecg': 1000.0, 'ppg': 10000.0, 'abp': 100.0}
+
+
+def write_record(record: Record, directory: str) -> str:
+  """Writes a Record as a 125 Hz, 16-bit WFDB record (signals II, PLETH, ABP).
+
+  NaN samples are written as WFDB's missing value. Returns the record path without
+  extension (what `read_record` takes).
+  """
+  wfdb.wrsamp(record.record, fs=FS, units=['mV', 'NU', 'mmHg'], sig_name=['II', 'PLETH', 'ABP'],
+              p_signal=np.stack([record.ecg, record.ppg, record.abp], axis=1),
+              fmt=['16'] * 3, adc_gain=list(_WRITE_GAINS.values()), baseline=[0] * 3,
+              write_dir=directory)
+  return os.path.join(directory, record.record)

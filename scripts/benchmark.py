@@ -1,17 +1,22 @@
-"""Benchmarks that print figures (no pass/fail): `python scripts/benchmark.py model`.
+"""Benchmarks that print figures (no pass/fail): `python scripts/benchmark.py WHAT`.
 
   model  For each size and attention type: forward latency at batch 1 (ms), throughput
          at --batch (windows/s), and memory of one attention layer at --batch: XLA's
          scratch bytes for the compiled layer (norm + qkv + attention + proj) and the
          size of its softmax weights (B x H x groups x L x L float32).
+  data   Windows prepared per second in one process (one core does the work) from the
+         synthetic generator and from WFDB records of the same cohort written to disk,
+         then the tf.data training pipeline's batches per second at --batch.
 
 --json prints one JSON object instead of the table. Run on an idle machine.
 """
 
+import dataclasses
 import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 
 import flax.linen as nn
@@ -22,6 +27,7 @@ from absl import flags
 
 from cerebro_jax import cli, model as model_lib
 from cerebro_jax.model_config import ATTENTION_TYPES, SIZES, ModelConfig
+from input_pipeline import mimic3, pipeline, prepare, synthetic, tfds_builders
 
 _SIZES = flags.DEFINE_multi_enum('sizes', list(SIZES), list(SIZES), 'Model sizes to measure.')
 _BATCH = flags.DEFINE_integer('batch', 256, 'Batch for throughput and memory.', lower_bound=1)
@@ -30,6 +36,8 @@ _CHANNELS = flags.DEFINE_integer('channels', 2, 'Input channels (2 for ECG + PPG
                                  lower_bound=1)
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per figure (median reported).',
                                 lower_bound=1)
+_SUBJECTS = flags.DEFINE_integer('subjects', 8, 'data: synthetic subjects (10 min each).',
+                                 lower_bound=1)
 _JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
 
 SAMPLES = 1250
@@ -97,6 +105,39 @@ def bench_model():
   return rows
 
 
+def bench_data():
+  options = prepare.PrepareOptions(cohort=synthetic.CohortConfig(
+      num_subjects=_SUBJECTS.value, minutes_per_subject=10.0))
+  rows = []
+  with tempfile.TemporaryDirectory() as tmp:
+    start = time.perf_counter()
+    prepared = prepare.prepare(options, progress=False)
+    seconds = time.perf_counter() - start
+    rows.append({'stage': 'synthetic: generate + window + label',
+                 'rate': len(prepared.candidates) / seconds, 'unit': 'windows/s'})
+    records_dir = os.path.join(tmp, 'wfdb')
+    os.makedirs(records_dir)
+    for i in range(_SUBJECTS.value):
+      mimic3.write_record(synthetic.subject(i, options.cohort)[0], records_dir)
+    start = time.perf_counter()
+    from_files = prepare.prepare(dataclasses.replace(options, source='mimic3',
+                                                     input_dir=records_dir), progress=False)
+    seconds = time.perf_counter() - start
+    rows.append({'stage': 'WFDB records: read + window + label',
+                 'rate': len(from_files.candidates) / seconds, 'unit': 'windows/s'})
+    tfds_builders.build(options, os.path.join(tmp, 'tfds'), prepared)
+    batches = pipeline.train_batches(pipeline.load_builder(os.path.join(tmp, 'tfds')),
+                                     _BATCH.value, seed=0)
+    next(batches)
+    count = 50
+    start = time.perf_counter()
+    for _ in range(count):
+      next(batches)
+    rows.append({'stage': f'tf.data train batches of {_BATCH.value}',
+                 'rate': count / (time.perf_counter() - start), 'unit': 'batches/s'})
+  return rows
+
+
 def print_table(rows):
   keys = list(rows[0])
   print('  '.join(f'{k:>16s}' for k in keys))
@@ -105,9 +146,10 @@ def print_table(rows):
 
 
 def main(argv):
-  if len(argv) != 2 or argv[1] not in ('model',):
-    raise SystemExit('usage: benchmark.py model [--json] [--sizes ...] [--batch N]')
-  rows = bench_model()
+  benchmarks = {'model': bench_model, 'data': bench_data}
+  if len(argv) != 2 or argv[1] not in benchmarks:
+    raise SystemExit(f'usage: benchmark.py {{{",".join(benchmarks)}}} [--json] [flags]')
+  rows = benchmarks[argv[1]]()
   header = {'benchmark': argv[1], 'device': str(jax.devices()[0]),
             'processor': platform.processor() or platform.machine(),
             'cpu_count': os.cpu_count(),

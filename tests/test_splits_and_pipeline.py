@@ -1,0 +1,141 @@
+"""Splits, TFDS datasets, the tf.data pipeline and scripts/prepare_data.py."""
+
+import collections
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT
+from input_pipeline import pipeline, prepare, splits, synthetic, tfds_builders
+
+
+def test_subject_split_keeps_subjects_apart():
+  subjects = np.repeat([f's{i}' for i in range(20)], np.arange(1, 21))
+  split = splits.subject_split(subjects, (0.6, 0.2, 0.2), seed=3)
+  groups = [set(subjects[idx]) for idx in split.values()]
+  assert [len(g) for g in groups] == [12, 4, 4]
+  assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+  assert sorted(np.concatenate(list(split.values()))) == list(range(len(subjects)))
+  again = splits.subject_split(subjects, (0.6, 0.2, 0.2), seed=3)
+  assert all(np.array_equal(split[k], again[k]) for k in split)
+
+
+def test_a_leak_is_caught():
+  subjects = np.array(['a', 'a', 'b', 'c'])
+  with pytest.raises(splits.SubjectLeakError, match='subject a is in both train and test'):
+    splits.check_subject_disjoint(subjects, {'train': np.array([0, 2]), 'validation': [],
+                                             'test': np.array([1, 3])})
+
+
+def test_random_split_is_80_10_10_and_mixes_subjects():
+  subjects = np.repeat(['a', 'b', 'c', 'd'], 250)
+  split = splits.random_split(len(subjects))
+  assert [len(split[k]) for k in splits.SPLITS] == [800, 100, 100]
+  assert set(subjects[split['train']]) == set(subjects[split['test']]) == set('abcd')
+  np.testing.assert_array_equal(splits.random_split(1000)['test'], split['test'])
+  assert not np.array_equal(splits.random_split(1000, seed=1)['test'], split['test'])
+
+
+def test_split_fractions_are_checked_and_small_cohorts_get_every_split():
+  with pytest.raises(ValueError, match='summing to 1'):
+    splits.random_split(10, (0.5, 0.2, 0.2))
+  split = splits.subject_split([f's{i}' for i in range(5)])
+  assert [len(split[k]) for k in splits.SPLITS] == [3, 1, 1]
+  with pytest.raises(ValueError, match='unknown split protocol'):
+    splits.make_split('by_hospital', ['a'], (1, 0, 0), 0)
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+  """A tiny synthetic dataset (6 subjects x 1 min) written with TFDS."""
+  options = prepare.PrepareOptions(cohort=synthetic.CohortConfig(num_subjects=6,
+                                                                 minutes_per_subject=1))
+  prepared = prepare.prepare(options, progress=False)
+  data_dir = tmp_path_factory.mktemp('data')
+  tfds_builders.build(options, str(data_dir), prepared)
+  return pipeline.load_builder(str(data_dir)), prepared
+
+
+def test_dataset_holds_every_accepted_window_in_its_split(dataset):
+  builder, prepared = dataset
+  for name, indices in prepared.split.items():
+    assert builder.info.splits[name].num_examples == len(indices)
+  subjects = {name: {ex['subject'].decode() for ex in builder.as_dataset(split=name)
+                     .as_numpy_iterator()} for name in splits.SPLITS}
+  assert not (subjects['train'] & subjects['test'] or subjects['train'] & subjects['validation'])
+
+
+def test_train_batches_are_deterministic_per_seed(dataset):
+  builder, _ = dataset
+  take = lambda seed: [next(it) for it in [pipeline.train_batches(builder, 8, seed)]
+                       for _ in range(6)]
+  first, again, other = take(0), take(0), take(1)
+  assert first[0]['signals'].shape == (8, 2, 1250) and first[0]['signals'].dtype == np.float32
+  assert all(np.array_equal(a['sbp'], b['sbp']) and np.array_equal(a['signals'], b['signals'])
+             for a, b in zip(first, again))
+  assert not all(np.array_equal(a['sbp'], b['sbp']) for a, b in zip(first, other))
+
+
+def test_eval_batches_cover_every_example_once(dataset):
+  builder, prepared = dataset
+  for name in splits.SPLITS:
+    batches = list(pipeline.eval_batches(builder, name, batch_size=4))
+    assert all(len(b['mask']) == 4 for b in batches)
+    got = collections.Counter(
+        (s.decode(), round(float(v), 3)) for b in batches
+        for s, v, m in zip(b['subject'], b['sbp'], b['mask']) if m)
+    idx = prepared.split[name]
+    expected = collections.Counter(
+        (s, round(float(v), 3)) for s, v in zip(prepared.subject[idx], prepared.sbp[idx]))
+    assert got == expected
+    padding = batches[-1]
+    assert not padding['signals'][~padding['mask']].any()
+
+
+def test_missing_dataset_is_named(tmp_path):
+  with pytest.raises(pipeline.DatasetNotFoundError, match='no prepared dataset'):
+    pipeline.load_builder(str(tmp_path))
+
+
+def run_prepare(*flags):
+  return subprocess.run([sys.executable, 'scripts/prepare_data.py', *flags], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_prepare_data_command_writes_dataset_and_reports(tmp_path):
+  out = tmp_path / 'synthetic'
+  result = run_prepare('--source=synthetic', '--subjects=5', '--minutes=1', f'--output={out}')
+  assert result.returncode == 0, result.stderr
+  summary = json.loads((out / 'summary.json').read_text())
+  assert summary['records_read'] == 5 and summary['records_failed'] == 0
+  assert summary['candidate_windows'] == 30
+  assert summary['windows_kept'] + sum(summary['rejects'].values()) == 30
+  assert sum(s['windows'] for s in summary['splits'].values()) == summary['windows_kept']
+  assert f"windows: 30 candidates, {summary['windows_kept']} kept" in result.stdout
+  with open(out / 'windows.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 30 and set(rows[0]) == set(prepare.CSV_COLUMNS)
+  assert sum(r['status'] == 'accepted' for r in rows) == summary['windows_kept']
+  assert all((r['split'] != '') == (r['status'] == 'accepted') for r in rows)
+  builder = pipeline.load_builder(str(out))
+  assert builder.info.splits.total_num_examples == summary['windows_kept']
+
+  again = run_prepare('--source=synthetic', '--subjects=5', '--minutes=1', f'--output={out}')
+  assert again.returncode == 1 and '--overwrite' in again.stderr
+
+
+def test_prepare_data_command_reports_bad_records(tmp_path):
+  (tmp_path / 'in').mkdir()
+  (tmp_path / 'in' / 'broken.hea').write_text('broken 3 125 1000\nbroken.dat 16 1 16 0 0 0 0 II\n')
+  result = run_prepare('--source=mimic3', f'--input={tmp_path / "in"}',
+                       f'--output={tmp_path / "out"}')
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert 'skipped' in result.stdout and 'broken' in result.stdout
+  assert 'no window passed the quality checks' in result.stderr
+  result = run_prepare('--source=vitaldb', f'--input={tmp_path / "nowhere"}',
+                       f'--output={tmp_path / "out2"}')
+  assert result.returncode == 1 and 'input folder not found' in result.stderr

@@ -1,0 +1,154 @@
+"""Windows, labels and quality rules; the synthetic cohort; the real ICU recording."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from input_pipeline import mimic3, prepare, splits, synthetic, vitaldb_files
+from input_pipeline.windows import WINDOW, windows_of
+
+FS = 125
+
+
+@pytest.fixture(scope='module')
+def subject():
+  record, beats = synthetic.subject(1, synthetic.CohortConfig(minutes_per_subject=3,
+                                                              artifact_rate=0.0))
+  return record, beats
+
+
+def test_labels_match_known_beat_values(subject):
+  """SBP/DBP = mean of the generator's per-beat values in the window, within 1 mmHg."""
+  record, beats = subject
+  checked = 0
+  for w in windows_of(record):
+    assert w.accepted, w.reject
+    inside = (beats.peak_s >= w.start_s) & (beats.peak_s < w.start_s + 10)
+    feet = (beats.foot_s > beats.peak_s[inside].min()) & (beats.foot_s < w.start_s + 10)
+    assert w.sbp_mmhg == pytest.approx(beats.sbp[inside].mean(), abs=1.0)
+    assert w.dbp_mmhg == pytest.approx(beats.dbp[feet].mean(), abs=1.0)
+    checked += 1
+  assert checked == 18
+
+
+def test_model_inputs_are_scaled_ecg_and_ppg(subject):
+  record, _ = subject
+  w = next(windows_of(record))
+  assert w.signals.shape == (2, WINDOW) and w.signals.dtype == np.float32
+  np.testing.assert_allclose(w.signals.min(axis=1), 0.0)
+  np.testing.assert_allclose(w.signals.max(axis=1), 1.0)
+  # Channel 0 follows the ECG (sharp R peaks), channel 1 the PPG (smooth pulses).
+  assert np.abs(np.diff(w.signals[0])).max() > 3 * np.abs(np.diff(w.signals[1])).max()
+
+
+def _verdict(record, window_index=2):
+  return list(windows_of(record))[window_index].reject
+
+
+def _edited(record, **signals):
+  return dataclasses.replace(record, **{k: v.copy() for k, v in signals.items()})
+
+
+@pytest.mark.parametrize('edit,reason', [
+    ('gap', 'nan'), ('lead', 'ecg_lead_change'), ('flat', 'flat_line'),
+    ('clip', 'clipping'), ('flush', 'abp_range'), ('slow', 'too_few_beats'),
+    ('inverted', 'ppg_skewness'), ('foreign_ppg', 'ppg_abp_correlation')])
+def test_each_quality_rule_rejects_its_artifact(subject, edit, reason):
+  record, _ = subject
+  window = slice(2 * WINDOW, 3 * WINDOW)
+  assert _verdict(record) == ''
+  r = _edited(record, ecg=record.ecg, ppg=record.ppg, abp=record.abp, ecg_lead=record.ecg_lead)
+  noise = np.random.default_rng(0).normal(0, 0.3, WINDOW)
+  if edit == 'gap':
+    r.abp[window.start + 100:window.start + 110] = np.nan
+  elif edit == 'lead':
+    r.ecg_lead[window.start + 600:window.stop] = 1
+    r = dataclasses.replace(r, leads=('II', 'V'))
+  elif edit == 'flat':
+    r.ppg[window.start + 200:window.start + 400] = r.ppg[window.start + 200]
+  elif edit == 'clip':
+    top = np.percentile(r.abp[window], 90)
+    r.abp[window] = np.minimum(r.abp[window], top)
+  elif edit == 'flush':  # noisy, so that it is not also a flat line
+    r.abp[window.start + 300:window.start + 500] = 280.0 + noise[:200]
+  elif edit == 'slow':  # one beat in 10 s: a pulse every 5 s is too few beats
+    t = np.arange(WINDOW) / FS
+    r.abp[window] = 80 + 40 * np.exp(-((t % 5.0) - 2.5) ** 2 / 0.02) + noise
+  elif edit == 'inverted':
+    r.ppg[window] = -r.ppg[window]
+  else:  # a PPG from another subject: wrong rhythm for this ABP
+    other, _ = synthetic.subject(7, synthetic.CohortConfig(minutes_per_subject=3,
+                                                           artifact_rate=0.0))
+    r.ppg[window] = other.ppg[window]
+  assert _verdict(r) == reason
+
+
+def test_cohort_is_deterministic_and_varied():
+  config = synthetic.CohortConfig(num_subjects=3, minutes_per_subject=0.5)
+  a, b = list(synthetic.cohort(config)), list(synthetic.cohort(config))
+  for (ra, _), (rb, _) in zip(a, b):
+    np.testing.assert_array_equal(ra.abp, rb.abp)
+  means = [np.nanmean(r.abp) for r, _ in a]
+  assert len(set(np.round(means, 3))) == 3
+  other = synthetic.subject(0, dataclasses.replace(config, seed=1))[0]
+  assert not np.array_equal(other.abp, a[0][0].abp)
+
+
+def test_cohort_has_rejects_and_physiological_labels():
+  prepared = prepare.prepare(prepare.PrepareOptions(cohort=synthetic.CohortConfig(
+      num_subjects=12, minutes_per_subject=3)), progress=False)
+  rejects = prepared.summary()['rejects']
+  assert 0.8 < len(prepared.sbp) / len(prepared.candidates) < 0.99
+  assert sum(rejects.values()) > 0 and sum(v > 0 for v in rejects.values()) >= 3
+  assert 75 < prepared.sbp.min() and prepared.sbp.max() < 205
+  assert 35 < prepared.dbp.min() and prepared.dbp.max() < 115
+  assert (prepared.sbp - prepared.dbp).min() > 15
+
+
+def test_bp_is_learnable_from_ecg_and_ppg_on_unseen_subjects():
+  """A ridge regression on spectral features of the windows clearly beats the mean
+  predictor on subjects it never saw: the cohort carries BP in ECG + PPG."""
+  prepared = prepare.prepare(prepare.PrepareOptions(cohort=synthetic.CohortConfig(
+      num_subjects=24, minutes_per_subject=3)), progress=False)
+  spectra = np.fft.rfft(prepared.signals, axis=-1)[:, :, 1:120]
+  cross = spectra[:, 0] * np.conj(spectra[:, 1])  # its phase holds the ECG-PPG delay
+  x = np.concatenate([np.abs(spectra).reshape(len(cross), -1), cross.real, cross.imag], 1)
+  x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+  y = np.stack([prepared.sbp, prepared.dbp], 1)
+  split = splits.subject_split(prepared.subject, (0.7, 0.0, 0.3), seed=1)
+  train, test = split['train'], split['test']
+  w = np.linalg.solve(x[train].T @ x[train] + 30 * np.eye(x.shape[1]),
+                      x[train].T @ (y[train] - y[train].mean(0)))
+  model_mae = np.abs(x[test] @ w + y[train].mean(0) - y[test]).mean(0)
+  mean_mae = np.abs(y[train].mean(0) - y[test]).mean(0)
+  assert np.all(model_mae < 0.8 * mean_mae), (model_mae, mean_mae)
+
+
+@pytest.fixture(scope='module')
+def real_forms(shared_real):
+  return {
+      'wfdb multi-rate': mimic3.read_record(str(shared_real / 'mixedsignals' / 'mixedsignals')),
+      'wfdb 125 Hz': mimic3.read_record(str(shared_real / 'derived' / 'mixedsignals_125hz')),
+      'vital': vitaldb_files.read_vital(str(shared_real / 'derived' /
+                                            'mixedsignals_125hz.vital')),
+  }
+
+
+def test_real_recording_windows_and_labels(real_forms):
+  labels = {}
+  for form, record in real_forms.items():
+    windows = list(windows_of(record))
+    accepted = [w for w in windows if w.accepted]
+    assert len(windows) == 23 and 20 <= len(accepted) <= 23, form
+    assert windows[0].reject == 'nan'  # the first window holds a gap
+    sbp = np.array([w.sbp_mmhg for w in accepted])
+    dbp = np.array([w.dbp_mmhg for w in accepted])
+    assert 150 <= sbp.min() and sbp.max() <= 165, form
+    assert 85 <= dbp.min() and dbp.max() <= 95, form
+    labels[form] = {w.start_s: (w.sbp_mmhg, w.dbp_mmhg) for w in accepted}
+  reference = labels['wfdb multi-rate']
+  for form, got in labels.items():
+    assert set(got) == set(reference), form
+    diff = np.array([np.subtract(got[s], reference[s]) for s in reference])
+    assert np.abs(diff).max() < 1.0, form
