@@ -1,4 +1,4 @@
-"""Batched, jitted BP inference on (N, 2, 1250) windows and CSV output."""
+"""Batched, jitted BP inference on (N, 2, 1250) windows or on whole records; CSV output."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ import numpy as np
 
 from cerebro_jax import model as model_lib
 from cerebro_jax.model_config import ModelConfig
+from input_pipeline import mimic3, vitaldb_files
+from input_pipeline.records import Record
+from input_pipeline.windows import windows_of
 
 WINDOW_SHAPE = (2, 1250)  # (ECG, PPG) x 10 s at 125 Hz
 CSV_COLUMNS = ('sbp_mmhg', 'dbp_mmhg')
@@ -85,3 +88,37 @@ def write_predictions_csv(path: str | os.PathLike, predictions: np.ndarray) -> N
     writer.writerow(CSV_COLUMNS)
     for row in zip(*(named[c] for c in CSV_COLUMNS)):
       writer.writerow([f'{v:.9g}' for v in row])
+
+
+RECORD_CSV_COLUMNS = ('record', 'start_s', 'sbp_mmhg', 'dbp_mmhg', 'quality')
+
+
+def read_any_record(path: str) -> Record:
+  """A .vital file (VitalDB track names) or a WFDB record (path with or without .hea)."""
+  if path.endswith('.vital'):
+    return vitaldb_files.read_vital(path)
+  return mimic3.read_record(path.removesuffix('.hea'))
+
+
+def predict_record(params, config: ModelConfig, path: str, batch_size: int = 256) -> list[dict]:
+  """One row per 10-s window of a record: start_s, SBP and DBP (mmHg; empty where the
+  ECG or PPG has a gap) and 'quality': 'accepted' or the quality rule it failed."""
+  record = read_any_record(path)
+  windows = list(windows_of(record))
+  usable = [i for i, w in enumerate(windows) if w.signals is not None]
+  bp = {}
+  if usable:
+    out = model_lib.named_outputs(predict_windows(
+        params, config, np.stack([windows[i].signals for i in usable]), batch_size))
+    bp = {i: (out['sbp_mmhg'][k], out['dbp_mmhg'][k]) for k, i in enumerate(usable)}
+  return [{'record': record.record, 'start_s': f'{w.start_s:.3f}',
+           'sbp_mmhg': f'{bp[i][0]:.9g}' if i in bp else '',
+           'dbp_mmhg': f'{bp[i][1]:.9g}' if i in bp else '',
+           'quality': w.reject or 'accepted'} for i, w in enumerate(windows)]
+
+
+def write_record_csv(path: str | os.PathLike, rows: list[dict]) -> None:
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, RECORD_CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)

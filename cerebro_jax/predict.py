@@ -1,11 +1,18 @@
-"""Predicts SBP and DBP (mmHg) for ECG + PPG windows with a cerebro-bp model.
+"""Predicts SBP and DBP (mmHg) with a cerebro-bp model, from windows or from a record.
 
-  python -m cerebro_jax.predict --checkpoint models/cerebro_small \
+  python -m cerebro_jax.predict --checkpoint runs/default/model \
       --windows windows.npy --output predictions.csv
+  python -m cerebro_jax.predict --checkpoint runs/default/model \
+      --record mimic3wdb/p000020-2183-04-28-17-47 --output p000020.csv
 
 --windows: an (N, 2, 1250) float32 .npy array: channel 0 ECG, channel 1 PPG, 10 s at
 125 Hz, each min-max scaled to [0, 1] as in PulseDB. The CSV has the header
 `sbp_mmhg,dbp_mmhg` and one row per window, in the array's order.
+--record: a WFDB record (II, PLETH; MIMIC-III style) or a .vital file (SNUADC tracks),
+cut into 10-s windows with the data pipeline's filters and quality rules. The CSV has
+`record,start_s,sbp_mmhg,dbp_mmhg,quality`, one row per window; quality is 'accepted'
+or the rule the window failed (its prediction is still given when ECG and PPG are
+present, and should not be trusted).
 """
 
 import sys
@@ -14,28 +21,43 @@ import time
 from absl import flags
 
 from cerebro_jax import checkpoints, cli, inference
+from input_pipeline.records import RecordError
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Model directory (from '
                                   'scripts/convert_weights.py or training).', required=True)
 _WINDOWS = flags.DEFINE_string('windows', None, '(N, 2, 1250) float32 .npy file of '
-                               'ECG + PPG windows.', required=True)
+                               'ECG + PPG windows (or give --record).')
+_RECORD = flags.DEFINE_string('record', None, 'A WFDB record path or a .vital file to window '
+                              'and predict (or give --windows).')
 _OUTPUT = flags.DEFINE_string('output', None, 'CSV file to write.', required=True)
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 256, 'Windows per forward pass.', lower_bound=1)
 
 
 def main(argv):
   del argv
-  try:
-    params, config, _ = checkpoints.load_model(_CHECKPOINT.value)
-    windows = inference.load_windows(_WINDOWS.value)
-  except (checkpoints.ModelCheckpointError, inference.WindowsError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
+  if (_WINDOWS.value is None) == (_RECORD.value is None):
+    print('error: give exactly one of --windows and --record', file=sys.stderr)
     return 1
   start = time.perf_counter()
-  predictions = inference.predict_windows(params, config, windows, _BATCH_SIZE.value)
-  inference.write_predictions_csv(_OUTPUT.value, predictions)
-  print(f'{len(predictions)} windows -> {_OUTPUT.value} '
-        f'({time.perf_counter() - start:.2f} s, CEReBrO {config.size})')
+  try:
+    params, config, _ = checkpoints.load_model(_CHECKPOINT.value)
+    if _RECORD.value:
+      rows = inference.predict_record(params, config, _RECORD.value, _BATCH_SIZE.value)
+      inference.write_record_csv(_OUTPUT.value, rows)
+      accepted = sum(r['quality'] == 'accepted' for r in rows)
+      summary = f'{len(rows)} windows ({accepted} passed the quality checks)'
+    else:
+      predictions = inference.predict_windows(params, config,
+                                              inference.load_windows(_WINDOWS.value),
+                                              _BATCH_SIZE.value)
+      inference.write_predictions_csv(_OUTPUT.value, predictions)
+      summary = f'{len(predictions)} windows'
+  except (checkpoints.ModelCheckpointError, inference.WindowsError, RecordError,
+          FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(f'{summary} -> {_OUTPUT.value} ({time.perf_counter() - start:.2f} s, '
+        f'CEReBrO {config.size})')
   return 0
 
 

@@ -59,7 +59,8 @@ class QualityRules:
 class Window:
   """One candidate window and its verdict.
 
-  signals: (2, 1250) float32 [ECG, PPG] scaled to [0, 1], or None when rejected.
+  signals: (2, 1250) float32 [ECG, PPG] scaled to [0, 1], or None where the ECG or PPG
+    has a gap (rejected windows keep theirs, so that a model can still be run on them).
   sbp_mmhg / dbp_mmhg: labels (NaN when they could not be computed).
   reject: '' when accepted, else one of REJECT_REASONS.
   """
@@ -160,9 +161,10 @@ def windows_of(record: Record, rules: QualityRules = QualityRules()) -> Iterator
     lead_ids = record.ecg_lead[part]
     reject, sbp, dbp = judge({k: v[part] for k, v in raw.items()},
                              {k: v[part] for k, v in filtered.items()}, lead_ids, rules)
-    lead = record.leads[lead_ids[0]] if lead_ids[0] >= 0 and not reject == 'ecg_lead_change' else ''
-    signals = None if reject else np.stack([_minmax(filtered['ecg'][part]),
-                                            _minmax(filtered['ppg'][part])])
+    lead = record.leads[lead_ids[0]] if lead_ids[0] >= 0 and reject != 'ecg_lead_change' else ''
+    inputs = (filtered['ecg'][part], filtered['ppg'][part])
+    signals = (np.stack([_minmax(x) for x in inputs])
+               if all(np.isfinite(x).all() for x in inputs) else None)
     yield Window(record=record.record, subject=record.subject, source=record.source,
                  start_s=start / FS, lead=lead, sbp_mmhg=sbp, dbp_mmhg=dbp, reject=reject,
                  signals=signals)

@@ -7,6 +7,9 @@
   data   Windows prepared per second in one process (one core does the work) from the
          synthetic generator and from WFDB records of the same cohort written to disk,
          then the tf.data training pipeline's batches per second at --batch.
+  train  For each size: train step time and windows/s at --batch (Adam, drop path 0.2,
+         --dtype), the step's FLOPs from XLA's cost analysis, and model FLOPs
+         utilisation against this machine's measured peak (a 4096^2 matmul in --dtype).
 
 --json prints one JSON object instead of the table. Run on an idle machine.
 """
@@ -38,6 +41,8 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per figure (median re
                                 lower_bound=1)
 _SUBJECTS = flags.DEFINE_integer('subjects', 8, 'data: synthetic subjects (10 min each).',
                                  lower_bound=1)
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
+                           'train: compute dtype of the model and the peak matmul.')
 _JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
 
 SAMPLES = 1250
@@ -138,6 +143,50 @@ def bench_data():
   return rows
 
 
+def matmul_peak_flops(dtype) -> float:
+  """Measured FLOP/s of a large square matmul: the machine's practical peak."""
+  n = 4096
+  a = jnp.ones((n, n), dtype)
+  matmul = jax.jit(lambda x: x @ x)
+  return 2 * n**3 / median_seconds(matmul, a, repeats=_REPEATS.value)
+
+
+def bench_train():
+  from cerebro_jax import optim, sharding, train  # pylint: disable=import-outside-toplevel
+  from configs import default  # pylint: disable=import-outside-toplevel
+  peak = matmul_peak_flops(jnp.dtype(_DTYPE.value))
+  mesh = sharding.data_mesh()
+  rows = []
+  rng = np.random.default_rng(0)
+  for size in _SIZES.value:
+    model_config = ModelConfig.from_size(size, dtype=_DTYPE.value)
+    params = model_lib.init_params(model_config, jax.random.PRNGKey(0))
+    tx, _ = optim.make_optimizer(default.get_config(), params)
+    state = jax.device_put({'step': jnp.zeros((), jnp.int32), 'params': params,
+                            'opt_state': tx.init(params), 'rng': jax.random.PRNGKey(0)},
+                           sharding.replicated(mesh))
+    step = train.make_train_step(model_config, tx, mesh)
+    batch = sharding.put_batch({
+        'signals': rng.random((_BATCH.value, 2, SAMPLES), dtype=np.float32),
+        'sbp': rng.uniform(100, 160, _BATCH.value).astype(np.float32),
+        'dbp': rng.uniform(60, 90, _BATCH.value).astype(np.float32)}, mesh)
+    flops = step.lower(state, batch).compile().cost_analysis()['flops']
+    state, _ = step(state, batch)  # compile
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(_REPEATS.value):
+      start = time.perf_counter()
+      state, loss = step(state, batch)
+      jax.block_until_ready(loss)
+      times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    rows.append({'size': size, 'step_ms': seconds * 1e3,
+                 'windows_per_s': _BATCH.value / seconds, 'step_gflop': flops / 1e9,
+                 'achieved_gflops': flops / seconds / 1e9,
+                 'peak_matmul_gflops': peak / 1e9, 'mfu_pct': 100 * flops / seconds / peak})
+  return rows
+
+
 def print_table(rows):
   keys = list(rows[0])
   print('  '.join(f'{k:>16s}' for k in keys))
@@ -146,7 +195,7 @@ def print_table(rows):
 
 
 def main(argv):
-  benchmarks = {'model': bench_model, 'data': bench_data}
+  benchmarks = {'model': bench_model, 'data': bench_data, 'train': bench_train}
   if len(argv) != 2 or argv[1] not in benchmarks:
     raise SystemExit(f'usage: benchmark.py {{{",".join(benchmarks)}}} [--json] [flags]')
   rows = benchmarks[argv[1]]()

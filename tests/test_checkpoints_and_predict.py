@@ -125,3 +125,38 @@ def test_convert_weights_command(tmp_path):
   assert 'mis-shaped model.blocks.0.attn.qkv.weight' in result.stderr
   assert 'missing' in result.stderr and 'model.blocks.9.norm1.weight' in result.stderr
   assert not (tmp_path / 'out2').exists()
+
+
+def test_predict_command_on_records(saved_model, tmp_path, shared_real):
+  """One row per 10-s window, with the quality verdict; the same numbers as predicting
+  the accepted windows' arrays directly."""
+  path, params, config = saved_model
+  out = tmp_path / 'record.csv'
+  record = shared_real / 'derived' / 'mixedsignals_125hz.vital'
+  result = run('-m', 'cerebro_jax.predict', f'--checkpoint={path}', f'--record={record}',
+               f'--output={out}')
+  assert result.returncode == 0, result.stderr
+  assert '23 windows (22 passed the quality checks)' in result.stdout
+  with open(out) as f:
+    rows = list(csv.DictReader(f))
+  assert [r['start_s'] for r in rows[:2]] == ['0.000', '10.000']
+  assert rows[0]['quality'] == 'nan' and rows[0]['sbp_mmhg'] == ''
+  accepted = [r for r in rows if r['quality'] == 'accepted']
+  assert len(accepted) == 22
+  from input_pipeline import vitaldb_files, windows  # pylint: disable=import-outside-toplevel
+  direct = [w.signals for w in windows.windows_of(vitaldb_files.read_vital(str(record)))
+            if w.accepted]
+  expected = model_lib.named_outputs(inference.predict_windows(params, config, np.stack(direct)))
+  np.testing.assert_allclose([float(r['sbp_mmhg']) for r in accepted], expected['sbp_mmhg'],
+                             rtol=1e-6)
+
+
+def test_predict_command_refuses_unreadable_records(saved_model, tmp_path):
+  path, _, _ = saved_model
+  (tmp_path / 'bad.vital').write_bytes(b'not a vital file')
+  result = run('-m', 'cerebro_jax.predict', f'--checkpoint={path}',
+               f'--record={tmp_path / "bad.vital"}', f'--output={tmp_path / "p.csv"}')
+  assert result.returncode == 1 and 'bad.vital: cannot read .vital file' in result.stderr
+  assert 'Traceback' not in result.stderr
+  result = run('-m', 'cerebro_jax.predict', f'--checkpoint={path}', f'--output={tmp_path / "p"}')
+  assert result.returncode == 1 and 'exactly one of --windows and --record' in result.stderr

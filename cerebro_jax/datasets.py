@@ -1,0 +1,52 @@
+"""The dataset a training config asks for: a prepared folder, or the synthetic cohort."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from input_pipeline import pipeline, prepare, synthetic, tfds_builders
+
+
+def synthetic_options(data_config) -> prepare.PrepareOptions:
+  return prepare.PrepareOptions(
+      source='synthetic', protocol=data_config.protocol,
+      fractions=tuple(data_config.fractions), seed=data_config.split_seed,
+      cohort=synthetic.CohortConfig(num_subjects=data_config.num_subjects,
+                                    minutes_per_subject=data_config.minutes_per_subject,
+                                    seed=data_config.cohort_seed))
+
+
+def get_builder(data_config, workdir: str) -> tfds.core.DatasetBuilder:
+  """The builder of `data_config.dir`, or of <workdir>/data (synthetic, built if absent)."""
+  if data_config.dir:
+    return pipeline.load_builder(data_config.dir)
+  if data_config.source != 'synthetic':
+    raise pipeline.DatasetNotFoundError(
+        f'config.data.dir is empty: prepare {data_config.source} records with '
+        f'scripts/prepare_data.py --source {data_config.source} --input RECORDS --output DIR '
+        'and pass --config.data.dir=DIR')
+  data_dir = os.path.join(workdir, 'data')
+  try:
+    return pipeline.load_builder(data_dir)
+  except pipeline.DatasetNotFoundError:
+    pass
+  options = synthetic_options(data_config)
+  print(f'Building the synthetic cohort ({options.cohort.num_subjects} subjects) in {data_dir}')
+  prepared = prepare.prepare(options)
+  prepare.write_reports(prepared, data_dir)
+  tfds_builders.build(options, data_dir, prepared)
+  return pipeline.load_builder(data_dir)
+
+
+def split_means(builder, split: str = 'train') -> dict[str, float]:
+  """Mean SBP and DBP (mmHg) of a split: the mean predictor and the head's start."""
+  totals = {'sbp': 0.0, 'dbp': 0.0}
+  count = 0
+  for ex in builder.as_dataset(split=split).batch(4096).as_numpy_iterator():
+    totals['sbp'] += float(np.sum(ex['sbp'], dtype=np.float64))
+    totals['dbp'] += float(np.sum(ex['dbp'], dtype=np.float64))
+    count += len(ex['sbp'])
+  return {k: v / count for k, v in totals.items()}

@@ -1,0 +1,68 @@
+"""Predictions over a dataset split and the BP metrics of a model's parameters."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import numpy as np
+
+from cerebro_jax import checkpoints, datasets, metrics, model as model_lib, report, sharding
+from input_pipeline import pipeline
+
+
+@functools.lru_cache(maxsize=8)
+def predict_fn(model_config, mesh):
+  """Jitted (params, signals (B, 2, 1250)) -> (B, 2) outputs, batch split over `mesh`."""
+  module = model_lib.CerebroBP(model_config)
+  return jax.jit(lambda params, signals: module.apply({'params': params}, signals),
+                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+                 out_shardings=sharding.batch_sharded(mesh))
+
+
+def predict_split(params, model_config, builder, split: str, batch_size: int, mesh) -> dict:
+  """Every window of `split` once: {'sbp', 'dbp', 'sbp_ref', 'dbp_ref', 'subject'}."""
+  forward = predict_fn(model_config, mesh)
+  local = sharding.check_batch(batch_size, 'eval_batch_size')
+  parts = []
+  for batch in pipeline.eval_batches(builder, split, local):
+    signals = sharding.put_batch({'signals': batch['signals']}, mesh)['signals']
+    out = model_lib.named_outputs(np.asarray(jax.device_get(forward(params, signals))))
+    keep = batch['mask']
+    parts.append({'sbp': out['sbp_mmhg'][keep], 'dbp': out['dbp_mmhg'][keep],
+                  'sbp_ref': batch['sbp'][keep], 'dbp_ref': batch['dbp'][keep],
+                  'subject': batch['subject'][keep].astype(str)})
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def mse(outputs: dict) -> float:
+  """Mean squared error over both targets (the training loss, mmHg^2)."""
+  return float(np.mean([(outputs[t] - outputs[f'{t}_ref']) ** 2 for t in metrics.TARGETS]))
+
+
+def evaluate_params(params, model_config, builder, splits, batch_size: int, mesh,
+                    train_means: dict, out_dir: str) -> dict:
+  """Metrics, Markdown table and plots for each split, written to `out_dir`."""
+  outputs = {s: predict_split(params, model_config, builder, s, batch_size, mesh) for s in splits}
+  reports = {s: metrics.bp_report({t: o[t] for t in metrics.TARGETS},
+                                  {t: o[f'{t}_ref'] for t in metrics.TARGETS}, o['subject'],
+                                  train_means) for s, o in outputs.items()}
+  report.write_evaluation(out_dir, reports, outputs)
+  return reports
+
+
+def evaluate(config, workdir: str, model_dir: str = '') -> dict:
+  """Evaluates a model directory (default <workdir>/model) on config.eval_splits.
+
+  Writes <workdir>/eval/ and returns {split: metrics report}. The mean predictor uses
+  the training split's means of the configured dataset.
+  """
+  model_dir = model_dir or os.path.join(workdir, 'model')
+  params, model_config, _ = checkpoints.load_model(model_dir)
+  builder = datasets.get_builder(config.data, workdir)
+  mesh = sharding.data_mesh()
+  params = jax.device_put(params, sharding.replicated(mesh))
+  return evaluate_params(params, model_config, builder, tuple(config.eval_splits),
+                         config.eval_batch_size, mesh, datasets.split_means(builder),
+                         os.path.join(workdir, 'eval'))

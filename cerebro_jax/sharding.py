@@ -1,0 +1,36 @@
+"""A 1-D data-parallel device mesh: parameters replicated, batches split on axis 0."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+DATA_AXIS = 'data'
+
+
+def data_mesh() -> jax.sharding.Mesh:
+  """All devices (of every process) on one 'data' axis."""
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def check_batch(global_batch: int, what: str = 'batch_size') -> int:
+  """This process's share of a global batch; it must split evenly over the devices."""
+  if global_batch % jax.device_count():
+    raise ValueError(f'{what} {global_batch} does not divide over {jax.device_count()} devices')
+  return global_batch // jax.process_count()
+
+
+def put_batch(batch: dict, mesh) -> dict:
+  """Host-local numpy arrays -> global arrays sharded over the data axis."""
+  sharding = batch_sharded(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}

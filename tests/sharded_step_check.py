@@ -1,0 +1,52 @@
+"""Run with XLA_FLAGS=--xla_force_host_platform_device_count=4 (tests/test_train.py does):
+three train steps on a 4-device data-parallel mesh equal the same steps on one device.
+
+Plain SGD, not Adam: the key bias's gradient is zero in exact arithmetic (softmax ignores
+a constant added to every key), and Adam's first steps scale that round-off to +-lr,
+so Adam would compare reduction orders, not the sharding.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cerebro_jax import model as model_lib, sharding, train
+from cerebro_jax.model_config import ModelConfig
+
+
+def run(mesh, steps=3):
+  model_config = ModelConfig(embed_dim=48, depth=2, num_heads=4, drop_path_rate=0.2)
+  params = model_lib.init_params(model_config, jax.random.PRNGKey(0))
+  tx = optax.sgd(1e-4)
+  state = jax.device_put({'step': jnp.zeros((), jnp.int32), 'params': params,
+                          'opt_state': tx.init(params), 'rng': jax.random.PRNGKey(1)},
+                         sharding.replicated(mesh))
+  step = train.make_train_step(model_config, tx, mesh)
+  rng = np.random.default_rng(0)
+  losses = []
+  for _ in range(steps):
+    batch = {'signals': rng.random((8, 2, 1250), dtype=np.float32),
+             'sbp': rng.uniform(100, 160, 8).astype(np.float32),
+             'dbp': rng.uniform(60, 90, 8).astype(np.float32)}
+    state, loss = step(state, sharding.put_batch(batch, mesh))
+    losses.append(float(loss))
+  return jax.device_get(state['params']), losses
+
+
+def main():
+  assert jax.device_count() == 4, jax.devices()
+  four = sharding.data_mesh()
+  one = jax.make_mesh((1,), (sharding.DATA_AXIS,), devices=jax.devices()[:1])
+  params4, losses4 = run(four)
+  params1, losses1 = run(one)
+  np.testing.assert_allclose(losses4, losses1, rtol=1e-6)
+  assert losses1[0] != losses1[-1]  # the steps really moved the parameters
+  diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), params4, params1))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               params4, params1)
+  print(f'devices={jax.device_count()} losses={losses4} max_param_diff={max(diffs):.3g}')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,225 @@
+"""Training: the step, sharding, frozen parameters, resuming, divergence, configs."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from cerebro_jax import checkpoints, evaluation, model as model_lib, optim, sharding, train
+from cerebro_jax.model_config import ModelConfig
+from configs import accelerator, default, paper
+from conftest import REPO_ROOT
+
+TINY = ModelConfig(embed_dim=48, depth=2, num_heads=4, drop_path_rate=0.2)
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+  config = default.get_config()
+  config.model.size, config.model.depth = 'small', 2
+  config.data.num_subjects, config.data.minutes_per_subject = 6, 1.0
+  config.batch_size, config.eval_batch_size = 8, 16
+  config.num_epochs, config.log_every_steps = 3, 2
+  config.update(overrides)
+  return config
+
+
+def batch(n=8, seed=0):
+  rng = np.random.default_rng(seed)
+  return {'signals': rng.random((n, 2, 1250), dtype=np.float32),
+          'sbp': rng.uniform(100, 160, n).astype(np.float32),
+          'dbp': rng.uniform(60, 90, n).astype(np.float32)}
+
+
+def start_state(config, model_config=TINY):
+  params = model_lib.init_params(model_config, jax.random.PRNGKey(0))
+  params['head']['bias'] = np.array([75.0, 130.0], np.float32)
+  tx, labels = optim.make_optimizer(config, params)
+  return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params),
+          'rng': jax.random.PRNGKey(1)}, tx, labels
+
+
+def test_first_step_equals_an_independent_computation():
+  """Loss = MSE of the model's outputs against [DBP, SBP]; Adam's first step moves every
+  parameter by lr * g / (|g| + eps), with g the gradient computed separately."""
+  config = tiny_config()
+  state, tx, _ = start_state(config)
+  params0 = jax.tree.map(np.array, state['params'])
+  data = batch()
+  mesh = sharding.data_mesh()
+  new_state, loss = train.make_train_step(TINY, tx, mesh)(
+      jax.device_put(state, sharding.replicated(mesh)), sharding.put_batch(data, mesh))
+
+  module = model_lib.CerebroBP(TINY)
+  rngs = {'dropout': jax.random.fold_in(jax.random.PRNGKey(1), 0)}
+  targets = np.stack([data['dbp'], data['sbp']], axis=1)
+  expected_loss_fn = lambda p: jnp.mean((module.apply(
+      {'params': p}, data['signals'], deterministic=False, rngs=rngs) - targets) ** 2)
+  expected_loss, grads = jax.value_and_grad(expected_loss_fn)(params0)
+  assert float(loss) == pytest.approx(float(expected_loss), rel=1e-6)
+  assert float(loss) > 100  # random outputs are far from the targets
+  expected = jax.tree.map(lambda p, g: p - config.learning_rate * g / (np.abs(g) + 1e-8),
+                          params0, grads)
+  got = jax.device_get(new_state['params'])
+  # The key bias (qkv bias [D:2D]) has a zero gradient in exact arithmetic (softmax
+  # ignores a constant added to every key); Adam's first step turns its round-off into
+  # +-lr, so only the rest of qkv bias is compared exactly.
+  dim = TINY.embed_dim
+  for i in range(TINY.depth):
+    key_grad = grads['encoder'][f'blocks_{i}']['attn']['qkv']['bias'][dim:2 * dim]
+    query_grad = grads['encoder'][f'blocks_{i}']['attn']['qkv']['bias'][:dim]
+    assert np.abs(key_grad).max() < 1e-4 * np.abs(query_grad).max()
+    for tree in (got, expected):
+      bias = tree['encoder'][f'blocks_{i}']['attn']['qkv']['bias']
+      tree['encoder'][f'blocks_{i}']['attn']['qkv']['bias'] = np.delete(
+          np.asarray(bias), np.s_[dim:2 * dim])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               got, expected)
+  assert int(new_state['step']) == 1
+
+
+def test_four_devices_equal_one_device():
+  script = (REPO_ROOT / 'tests' / 'sharded_step_check.py')
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4',
+         'JAX_PLATFORMS': 'cpu'}
+  result = subprocess.run([sys.executable, str(script)], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'devices=4' in result.stdout and 'max_param_diff=' in result.stdout
+
+
+def test_frozen_parameters_do_not_move_and_carry_no_state():
+  config = tiny_config(train_mode='frozen')
+  state, tx, labels = start_state(config)
+  params0 = traverse_util.flatten_dict(jax.tree.map(np.array, state['params']), sep='/')
+  mesh = sharding.data_mesh()
+  step = train.make_train_step(TINY, tx, mesh)
+  state = jax.device_put(state, sharding.replicated(mesh))
+  for seed in range(3):
+    state, _ = step(state, sharding.put_batch(batch(seed=seed), mesh))
+  after = traverse_util.flatten_dict(jax.device_get(state['params']), sep='/')
+  flat_labels = traverse_util.flatten_dict(labels, sep='/')
+  trainable = sorted(k for k, v in flat_labels.items() if v == 'trainable')
+  assert trainable == ['encoder/patch_embed/bias', 'encoder/patch_embed/kernel', 'head/bias',
+                       'head/kernel']
+  for path, value in after.items():
+    if flat_labels[path] == 'frozen':
+      np.testing.assert_array_equal(value, params0[path], err_msg=path)
+    else:
+      assert np.abs(value - params0[path]).max() > 0, path
+  state_size = sum(x.size for x in jax.tree.leaves(state['opt_state']))
+  trainable_size = sum(params0[k].size for k in trainable)
+  assert state_size == 2 * trainable_size + 1  # Adam's mu and nu, and one step count
+
+
+def test_weight_decay_never_touches_frozen_parameters():
+  """With zero gradients, AdamW moves trainable parameters by weight decay only; frozen
+  parameters get no update at all."""
+  config = tiny_config(train_mode='frozen', weight_decay=0.5)
+  state, tx, labels = start_state(config)
+  zero_grads = jax.tree.map(jnp.zeros_like, state['params'])
+  updates, _ = tx.update(zero_grads, state['opt_state'], state['params'])
+  flat_updates = traverse_util.flatten_dict(updates, sep='/')
+  for path, label in traverse_util.flatten_dict(labels, sep='/').items():
+    moved = np.abs(np.asarray(flat_updates[path])).max() > 0
+    if label == 'frozen':
+      assert not moved, path
+    elif path.endswith('kernel'):
+      assert moved, path
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('run') / 'a'
+  reports = train.train_and_evaluate(tiny_config(), str(workdir))
+  return workdir, reports
+
+
+class _Stop(Exception):
+  pass
+
+
+def test_resume_reaches_the_same_parameters(uninterrupted, tmp_path):
+  workdir_a, _ = uninterrupted
+  workdir_b = tmp_path / 'b'
+
+  def stop_after_first(epoch, logs):
+    if epoch == 1:
+      raise _Stop
+
+  with pytest.raises(_Stop):
+    train.train_and_evaluate(tiny_config(), str(workdir_b), on_epoch_end=stop_after_first)
+  assert not (workdir_b / 'model').exists()
+  train.train_and_evaluate(tiny_config(), str(workdir_b))
+  params_a, _, meta_a = checkpoints.load_model(workdir_a / 'model')
+  params_b, _, meta_b = checkpoints.load_model(workdir_b / 'model')
+  jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+  assert meta_a == meta_b
+
+
+def test_training_outputs_and_evaluation_cover_each_window_once(uninterrupted):
+  workdir, reports = uninterrupted
+  for name in ('config.json', 'train_summary.json', 'eval/metrics.json', 'eval/metrics.md',
+               'eval/bland_altman_test_sbp.png', 'eval/scatter_validation_dbp.png'):
+    assert (workdir / name).is_file(), name
+  assert list((workdir / 'tensorboard').iterdir())
+  from cerebro_jax import datasets  # pylint: disable=import-outside-toplevel
+  builder = datasets.get_builder(tiny_config().data, str(workdir))
+  for split in ('validation', 'test'):
+    assert reports[split]['sbp']['n'] == builder.info.splits[split].num_examples
+  again = evaluation.evaluate(tiny_config(), str(workdir))
+  assert again['test']['sbp']['mae'] == pytest.approx(reports['test']['sbp']['mae'], rel=1e-5)
+
+
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(tiny_config(num_epochs=1), str(workdir))
+  saved = sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert saved == ['1']
+  before = (workdir / 'checkpoints' / '1').stat().st_mtime_ns
+  with pytest.raises(train.TrainingDivergedError, match=r'became (nan|inf).*epoch 2.*epoch 1'):
+    train.train_and_evaluate(tiny_config(num_epochs=2, learning_rate=1e30), str(workdir))
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()) == ['1']
+  assert (workdir / 'checkpoints' / '1').stat().st_mtime_ns == before
+
+
+def test_configs():
+  config = paper.get_config('vitaldb,base,frozen')
+  assert (config.data.source, config.model.size, config.train_mode) == ('vitaldb', 'base',
+                                                                        'frozen')
+  assert (config.learning_rate, config.batch_size, config.num_epochs, config.patience) == (
+      1e-4, 1024, 1000, 50)
+  assert config.weight_decay == 0 and config.grad_clip_norm == 0
+  with pytest.raises(ValueError, match='DATASET,SIZE,MODE'):
+    paper.get_config('mimic3,huge,frozen')
+  assert accelerator.get_config('mimic3,large,unfrozen').model.dtype == 'bfloat16'
+  with pytest.raises(ValueError, match='set config.init_from'):
+    train.initial_params(paper.get_config('mimic3,small,unfrozen'), {'sbp': 1, 'dbp': 1})
+  with pytest.raises(ValueError, match='no parameter matches'):
+    optim.make_optimizer(tiny_config(train_mode='frozen', trainable_patterns=('nothing/*',)),
+                         model_lib.init_params(TINY, jax.random.PRNGKey(0)))
+
+
+def test_paper_recipe_runs_on_prepared_real_data(shared_real, tmp_path):
+  """configs/paper.py on a MIMIC-style dataset prepared from the real recording, frozen
+  fine-tuning from a model directory; only the sizes are shrunk to fit 44 windows."""
+  from input_pipeline import prepare, tfds_builders  # pylint: disable=import-outside-toplevel
+  options = prepare.PrepareOptions(source='mimic3', input_dir=str(shared_real),
+                                   protocol='random')
+  tfds_builders.build(options, str(tmp_path / 'data'), prepare.prepare(options, progress=False))
+  model_config = ModelConfig.from_size('small', depth=2)
+  checkpoints.save_model(tmp_path / 'pretrained', model_lib.init_params(
+      model_config, jax.random.PRNGKey(0)), model_config)
+  config = paper.get_config('mimic3,small,frozen')
+  config.data.dir = str(tmp_path / 'data')
+  config.init_from = str(tmp_path / 'pretrained')
+  config.batch_size, config.eval_batch_size, config.num_epochs = 8, 8, 2
+  reports = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert reports['test']['sbp']['n'] == 4 and reports['validation']['dbp']['n'] == 5
+  _, trained_config, _ = checkpoints.load_model(tmp_path / 'run' / 'model')
+  assert trained_config.depth == 2 and trained_config.drop_path_rate == 0.2
