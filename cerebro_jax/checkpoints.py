@@ -1,9 +1,11 @@
 """Model checkpoints: an orbax checkpoint of the parameters with the config recorded.
 
 Layout of a model directory (one orbax composite checkpoint):
-  params/        the CerebroBP parameter pytree (float32)
+  params/        the CerebroBP parameter pytree (float32, or INT8 kernels + scales for a
+                 quantized model: see quantization.py)
   model_config/  ModelConfig.to_dict() as JSON
-  metadata/      free-form JSON (where the weights came from, conversion report, ...)
+  metadata/      free-form JSON (where the weights came from, conversion report, the
+                 'quantization' spec of a quantized model, ...)
 Every tool loads a model from the directory alone: no size flag is needed.
 """
 
@@ -17,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from cerebro_jax import model as model_lib
+from cerebro_jax import model as model_lib, quantization
 from cerebro_jax.model_config import ConfigError, ModelConfig
 
 
@@ -65,7 +67,12 @@ def load_model(directory: str | os.PathLike) -> tuple[dict, ModelConfig, dict[st
 
 
 def check_params(params, config: ModelConfig, where: str = 'params') -> None:
-  """Raises ModelCheckpointError naming every leaf that does not fit `config`."""
+  """Raises ModelCheckpointError naming every leaf that does not fit `config`.
+
+  Quantized params are checked through their dequantized (float) layout.
+  """
+  if quantization.is_quantized(params):
+    params = quantization.dequantize_params(params)
   expected = traverse_util.flatten_dict(
       jax.eval_shape(lambda: model_lib.init_params(config, jax.random.PRNGKey(0))))
   found = traverse_util.flatten_dict(params)

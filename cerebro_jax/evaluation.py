@@ -8,22 +8,25 @@ import os
 import jax
 import numpy as np
 
-from cerebro_jax import checkpoints, datasets, metrics, model as model_lib, report, sharding
+from cerebro_jax import (checkpoints, datasets, metrics, model as model_lib, quantization,
+                         report, sharding)
+from cerebro_jax.quantization import QuantSpec
 from input_pipeline import pipeline
 
 
 @functools.lru_cache(maxsize=8)
-def predict_fn(model_config, mesh):
-  """Jitted (params, signals (B, 2, 1250)) -> (B, 2) outputs, batch split over `mesh`."""
-  module = model_lib.CerebroBP(model_config)
-  return jax.jit(lambda params, signals: module.apply({'params': params}, signals),
+def predict_fn(model_config, mesh, spec: QuantSpec = QuantSpec()):
+  """Jitted (params, signals (B, 2, 1250)) -> (B, 2) outputs, batch split over `mesh`;
+  params as `spec` says (float32, or quantized)."""
+  return jax.jit(quantization.make_apply(model_config, spec),
                  in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
                  out_shardings=sharding.batch_sharded(mesh))
 
 
-def predict_split(params, model_config, builder, split: str, batch_size: int, mesh) -> dict:
+def predict_split(params, model_config, builder, split: str, batch_size: int, mesh,
+                  spec: QuantSpec = QuantSpec()) -> dict:
   """Every window of `split` once: {'sbp', 'dbp', 'sbp_ref', 'dbp_ref', 'subject'}."""
-  forward = predict_fn(model_config, mesh)
+  forward = predict_fn(model_config, mesh, spec)
   local = sharding.check_batch(batch_size, 'eval_batch_size')
   parts = []
   for batch in pipeline.eval_batches(builder, split, local):
@@ -42,9 +45,10 @@ def mse(outputs: dict) -> float:
 
 
 def evaluate_params(params, model_config, builder, splits, batch_size: int, mesh,
-                    train_means: dict, out_dir: str) -> dict:
+                    train_means: dict, out_dir: str, spec: QuantSpec = QuantSpec()) -> dict:
   """Metrics, Markdown table and plots for each split, written to `out_dir`."""
-  outputs = {s: predict_split(params, model_config, builder, s, batch_size, mesh) for s in splits}
+  outputs = {s: predict_split(params, model_config, builder, s, batch_size, mesh, spec)
+             for s in splits}
   reports = {s: metrics.bp_report({t: o[t] for t in metrics.TARGETS},
                                   {t: o[f'{t}_ref'] for t in metrics.TARGETS}, o['subject'],
                                   train_means) for s, o in outputs.items()}
@@ -59,10 +63,10 @@ def evaluate(config, workdir: str, model_dir: str = '') -> dict:
   the training split's means of the configured dataset.
   """
   model_dir = model_dir or os.path.join(workdir, 'model')
-  params, model_config, _ = checkpoints.load_model(model_dir)
+  params, model_config, metadata = checkpoints.load_model(model_dir)
   builder = datasets.get_builder(config.data, workdir)
   mesh = sharding.data_mesh()
   params = jax.device_put(params, sharding.replicated(mesh))
   return evaluate_params(params, model_config, builder, tuple(config.eval_splits),
                          config.eval_batch_size, mesh, datasets.split_means(builder),
-                         os.path.join(workdir, 'eval'))
+                         os.path.join(workdir, 'eval'), QuantSpec.from_metadata(metadata))

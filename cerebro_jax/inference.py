@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cerebro_jax import model as model_lib
+from cerebro_jax import model as model_lib, quantization
 from cerebro_jax.model_config import ModelConfig
+from cerebro_jax.quantization import QuantSpec
 from input_pipeline import mimic3, vitaldb_files
 from input_pipeline.records import Record
 from input_pipeline.windows import windows_of
@@ -56,19 +57,20 @@ def load_windows(path: str | os.PathLike) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _forward(config: ModelConfig):
-  module = model_lib.CerebroBP(config)
-  return jax.jit(lambda params, x: module.apply({'params': params}, x))
+def _forward(config: ModelConfig, spec: QuantSpec):
+  return jax.jit(quantization.make_apply(config, spec))
 
 
-def predict_windows(params, config: ModelConfig, windows: np.ndarray,
-                    batch_size: int = 256) -> np.ndarray:
+def predict_windows(params, config: ModelConfig, windows: np.ndarray, batch_size: int = 256,
+                    spec: QuantSpec = QuantSpec()) -> np.ndarray:
   """Model outputs (N, 2) float32, [DBP, SBP] mmHg, for validated windows.
 
-  Batches are padded to `batch_size` so one compiled program serves every batch.
+  `spec` says how params run (float32, or a quantized model's mode; a model directory's
+  metadata gives it: QuantSpec.from_metadata). Batches are padded to `batch_size` so one
+  compiled program serves every batch.
   """
   windows = check_windows(windows)
-  forward = _forward(config)
+  forward = _forward(config, spec)
   params = jax.tree.map(jnp.asarray, params)
   outputs = []
   for start in range(0, windows.shape[0], batch_size):
@@ -100,7 +102,8 @@ def read_any_record(path: str) -> Record:
   return mimic3.read_record(path.removesuffix('.hea'))
 
 
-def predict_record(params, config: ModelConfig, path: str, batch_size: int = 256) -> list[dict]:
+def predict_record(params, config: ModelConfig, path: str, batch_size: int = 256,
+                   spec: QuantSpec = QuantSpec()) -> list[dict]:
   """One row per 10-s window of a record: start_s, SBP and DBP (mmHg; empty where the
   ECG or PPG has a gap) and 'quality': 'accepted' or the quality rule it failed."""
   record = read_any_record(path)
@@ -109,7 +112,7 @@ def predict_record(params, config: ModelConfig, path: str, batch_size: int = 256
   bp = {}
   if usable:
     out = model_lib.named_outputs(predict_windows(
-        params, config, np.stack([windows[i].signals for i in usable]), batch_size))
+        params, config, np.stack([windows[i].signals for i in usable]), batch_size, spec))
     bp = {i: (out['sbp_mmhg'][k], out['dbp_mmhg'][k]) for k, i in enumerate(usable)}
   return [{'record': record.record, 'start_s': f'{w.start_s:.3f}',
            'sbp_mmhg': f'{bp[i][0]:.9g}' if i in bp else '',

@@ -21,6 +21,7 @@ import time
 from absl import flags
 
 from cerebro_jax import checkpoints, cli, inference
+from cerebro_jax.quantization import QuantSpec
 from input_pipeline.records import RecordError
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Model directory (from '
@@ -40,16 +41,17 @@ def main(argv):
     return 1
   start = time.perf_counter()
   try:
-    params, config, _ = checkpoints.load_model(_CHECKPOINT.value)
+    params, config, metadata = checkpoints.load_model(_CHECKPOINT.value)
+    spec = QuantSpec.from_metadata(metadata)
     if _RECORD.value:
-      rows = inference.predict_record(params, config, _RECORD.value, _BATCH_SIZE.value)
+      rows = inference.predict_record(params, config, _RECORD.value, _BATCH_SIZE.value, spec)
       inference.write_record_csv(_OUTPUT.value, rows)
       accepted = sum(r['quality'] == 'accepted' for r in rows)
       summary = f'{len(rows)} windows ({accepted} passed the quality checks)'
     else:
       predictions = inference.predict_windows(params, config,
                                               inference.load_windows(_WINDOWS.value),
-                                              _BATCH_SIZE.value)
+                                              _BATCH_SIZE.value, spec)
       inference.write_predictions_csv(_OUTPUT.value, predictions)
       summary = f'{len(predictions)} windows'
   except (checkpoints.ModelCheckpointError, inference.WindowsError, RecordError,
@@ -57,7 +59,7 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr)
     return 1
   print(f'{summary} -> {_OUTPUT.value} ({time.perf_counter() - start:.2f} s, '
-        f'CEReBrO {config.size})')
+        f'CEReBrO {config.size}, {spec.mode})')
   return 0
 
 

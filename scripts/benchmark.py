@@ -7,6 +7,9 @@
   data   Windows prepared per second in one process (one core does the work) from the
          synthetic generator and from WFDB records of the same cohort written to disk,
          then the tf.data training pipeline's batches per second at --batch.
+  quant  For each size: forward latency at batch 1 and throughput at --batch for float32,
+         weight-only INT8 (dequantized weights) and dynamic INT8 with the integer path
+         (int8 x int8 -> int32 products), and the float32 / INT8 sizes in MiB.
   train  For each size: train step time and windows/s at --batch (Adam, drop path 0.2,
          --dtype), the step's FLOPs from XLA's cost analysis, and model FLOPs
          utilisation against this machine's measured peak (a 4096^2 matmul in --dtype).
@@ -187,6 +190,29 @@ def bench_train():
   return rows
 
 
+def bench_quant():
+  from cerebro_jax import quantization  # pylint: disable=import-outside-toplevel
+  rows = []
+  rng = np.random.default_rng(0)
+  one = rng.random((1, 2, SAMPLES), dtype=np.float32)
+  many = rng.random((_BATCH.value, 2, SAMPLES), dtype=np.float32)
+  for size in _SIZES.value:
+    config = ModelConfig.from_size(size)
+    params = model_lib.init_params(config, jax.random.PRNGKey(0))
+    qparams = jax.tree.map(jnp.asarray, quantization.quantize_params(params))
+    sizes = quantization.size_table(params, qparams)
+    for mode in quantization.MODES:
+      forward = jax.jit(quantization.make_apply(config, quantization.QuantSpec(mode)))
+      tree = params if mode == 'float32' else qparams
+      rows.append({'size': size, 'mode': mode,
+                   'latency_b1_ms': median_seconds(forward, tree, one,
+                                                   repeats=_REPEATS.value) * 1e3,
+                   f'throughput_b{_BATCH.value}_windows_per_s': _BATCH.value / median_seconds(
+                       forward, tree, many, repeats=_REPEATS.value),
+                   'size_mib': sizes['float32_mib' if mode == 'float32' else 'int8_mib']})
+  return rows
+
+
 def print_table(rows):
   keys = list(rows[0])
   print('  '.join(f'{k:>16s}' for k in keys))
@@ -195,7 +221,8 @@ def print_table(rows):
 
 
 def main(argv):
-  benchmarks = {'model': bench_model, 'data': bench_data, 'train': bench_train}
+  benchmarks = {'model': bench_model, 'data': bench_data, 'quant': bench_quant,
+                'train': bench_train}
   if len(argv) != 2 or argv[1] not in benchmarks:
     raise SystemExit(f'usage: benchmark.py {{{",".join(benchmarks)}}} [--json] [flags]')
   rows = benchmarks[argv[1]]()

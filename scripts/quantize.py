@@ -1,0 +1,51 @@
+"""Quantizes a cerebro-bp model to INT8 and reports sizes and the accuracy change.
+
+  python scripts/quantize.py --checkpoint runs/default/model --output runs/default/model_int8 \
+      --eval_data runs/default/data
+
+Writes an INT8 model directory (INT8 kernels of qkv, proj, fc1, fc2 and the head with
+per-channel or per-tensor scales; everything else float32; activations quantized per
+batch at run time, as in the paper) that `python -m cerebro_jax.predict` takes, with
+sizes.json; given --eval_data (a folder from scripts/prepare_data.py, or a training
+workdir's data/), also metrics.json and quantization.md comparing float32, weight-only
+INT8 and weight+activation INT8 on the same windows.
+"""
+
+import sys
+
+from absl import flags
+
+from cerebro_jax import checkpoints, cli, ptq
+from input_pipeline.pipeline import DatasetNotFoundError
+
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Float model directory.', required=True)
+_OUTPUT = flags.DEFINE_string('output', None, 'INT8 model directory to create.', required=True)
+_WEIGHTS = flags.DEFINE_enum('weights', 'channel', ['channel', 'tensor'],
+                             'One weight scale per output channel, or per tensor.')
+_ACTIVATIONS = flags.DEFINE_enum('activations', 'tensor', ['tensor', 'token'],
+                                 'Dynamic activation scale per tensor (PyTorch\'s dynamic '
+                                 'quantization) or per token.')
+_EVAL_DATA = flags.DEFINE_string('eval_data', '', 'Prepared dataset to compare accuracy on.')
+_SPLIT = flags.DEFINE_string('split', 'test', 'Split of --eval_data to compare on.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 256, 'Evaluation batch.', lower_bound=1)
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace --output if it exists.')
+
+
+def main(argv):
+  del argv
+  try:
+    result = ptq.quantize_checkpoint(
+        _CHECKPOINT.value, _OUTPUT.value, weights=_WEIGHTS.value,
+        activations=_ACTIVATIONS.value, eval_data=_EVAL_DATA.value, split=_SPLIT.value,
+        batch_size=_BATCH_SIZE.value, overwrite=_OVERWRITE.value)
+  except (checkpoints.ModelCheckpointError, DatasetNotFoundError, FileExistsError,
+          ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(result['markdown'])
+  print(f'INT8 model: {result["output"]}')
+  return 0
+
+
+if __name__ == '__main__':
+  cli.run(main)

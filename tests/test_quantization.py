@@ -1,0 +1,187 @@
+"""INT8 quantization: round trip, granularity, simulation vs integer path, sizes, files."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cerebro_jax import checkpoints, inference, model as model_lib, quantization as q
+from cerebro_jax.model_config import ModelConfig
+from conftest import REPO_ROOT
+
+SMALL = ModelConfig.from_size('small')
+
+
+def _kernel(seed=0, shape=(192, 576)):
+  return np.random.default_rng(seed).normal(0, 0.05, shape).astype(np.float32)
+
+
+def test_per_channel_round_trip_is_within_half_a_step():
+  w = _kernel()
+  w[:, 7] *= 40  # one loud channel
+  values, scale = q.quantize_tensor(jnp.asarray(w), axis=0)
+  assert values.dtype == jnp.int8 and scale.shape == (1, 576)
+  error = np.abs(np.asarray(values, np.float32) * np.asarray(scale) - w)
+  assert np.all(error <= np.asarray(scale) / 2 * (1 + 1e-6))
+  assert np.abs(np.asarray(values)).max() == 127
+
+
+def test_per_channel_beats_per_tensor_with_one_large_channel():
+  w = _kernel(1)
+  w[:, 3] *= 50
+  errors = {}
+  for granularity, axis in (('channel', 0), ('tensor', None)):
+    values, scale = q.quantize_tensor(jnp.asarray(w), axis=axis)
+    errors[granularity] = float(np.mean((np.asarray(values, np.float32) * scale - w) ** 2))
+  assert errors['channel'] < errors['tensor'] / 100
+
+
+def test_only_the_papers_layers_are_quantized():
+  params = model_lib.init_params(ModelConfig(depth=2), jax.random.PRNGKey(0))
+  qparams = q.quantize_params(params)
+  enc = qparams['encoder']
+  for layer in (enc['blocks_0']['attn']['qkv'], enc['blocks_1']['mlp']['fc2'], qparams['head']):
+    assert layer['kernel'].dtype == np.int8 and layer['scale'].dtype == np.float32
+    assert layer['bias'].dtype == np.float32
+  assert enc['patch_embed']['kernel'].dtype == np.float32 and 'scale' not in enc['patch_embed']
+  assert enc['blocks_0']['norm1']['scale'].dtype == np.float32
+  assert enc['channel_encoding'].dtype == np.float32
+  back = q.dequantize_params(qparams)
+  assert jax.tree.structure(back) == jax.tree.structure(params)
+  assert q.quantize_params(params, 'tensor')['head']['scale'].shape == (1,)
+
+
+class _OneLayer(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(576, name='head')(x)
+
+
+@pytest.mark.parametrize('activations', ['tensor', 'token'])
+def test_integer_path_equals_the_simulation_per_layer(activations):
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(16, 38, 192)), jnp.float32)
+  params = _OneLayer().init(jax.random.PRNGKey(0), x)['params']
+  qparams = q.quantize_params(params)
+  outputs = {}
+  for integer in (False, True):
+    interceptor = q._dynamic_interceptor(activations == 'token', integer)  # pylint: disable=protected-access
+    with nn.intercept_methods(interceptor):
+      outputs[integer] = np.asarray(_OneLayer().apply(
+          {'params': qparams if integer else q.dequantize_params(qparams)}, x))
+  np.testing.assert_allclose(outputs[True], outputs[False], rtol=1e-5, atol=1e-5)
+  float_out = np.asarray(_OneLayer().apply({'params': params}, x))
+  assert 1e-4 < np.abs(outputs[True] - float_out).max() < 0.05 * np.abs(float_out).max()
+
+
+@pytest.fixture(scope='module')
+def model():
+  """CEReBrO small with a head that spreads outputs over several mmHg."""
+  params = model_lib.init_params(SMALL, jax.random.PRNGKey(0))
+  params['head']['kernel'] = params['head']['kernel'] * 300
+  params['head']['bias'] = np.array([80.0, 120.0], np.float32)
+  return params, q.quantize_params(params)
+
+
+def test_integer_path_and_simulation_agree_end_to_end(model):
+  """Each layer agrees to float rounding (above). Through the model, a rounding
+  difference now and then moves an activation across a quantization boundary (one 1/127
+  step of the next layer's input), and those flips compound; they stay well below the
+  quantization error itself."""
+  params, qparams = model
+  x = np.random.default_rng(3).random((32, 2, 1250), dtype=np.float32)
+
+  def run(config, spec, tree):
+    return np.asarray(jax.jit(q.make_apply(config, spec))(tree, x))
+
+  integer = run(SMALL, q.QuantSpec('int8_dynamic'), qparams)
+  simulated = run(SMALL, q.QuantSpec('int8_dynamic', integer=False), qparams)
+  reference = run(SMALL, q.QuantSpec(), params)
+  assert np.abs(integer - simulated).mean() < 0.6 * np.abs(integer - reference).mean()
+  assert np.abs(integer - reference).max() < 2.0
+
+
+def test_sizes_add_up_and_match_the_paper(model):
+  params, qparams = model
+  sizes = q.size_table(params, qparams)
+  assert sizes['float32_mib'] == pytest.approx(3_588_290 * 4 / 2**20)
+  rows = sizes['components'].values()
+  assert sum(r['float32_bytes'] for r in rows) == 3_588_290 * 4
+  # INT8: 1 byte per quantized weight + 4 per scale; everything else stays 4 bytes.
+  d, h, depth = 192, 768, 8
+  kernels = depth * (d * 3 * d + d * d + d * h + h * d) + d * 2
+  scales = depth * (3 * d + d + h + d) + 2
+  assert sum(r['int8_bytes'] for r in rows) == (kernels + 4 * scales
+                                                + 4 * (3_588_290 - kernels))
+  assert 3.5 < sizes['int8_mib'] < 3.9  # the paper: 13.73 -> 3.83 "MB"
+  assert sizes['ratio'] > 3.5
+
+
+def test_quantized_model_predicts_real_windows_close_to_float(model, shared_real, tmp_path):
+  params, _ = model
+  float_dir = checkpoints.save_model(tmp_path / 'float', params, SMALL)
+  result = subprocess.run(
+      [sys.executable, 'scripts/quantize.py', f'--checkpoint={float_dir}',
+       f'--output={tmp_path / "int8"}'], cwd=REPO_ROOT, capture_output=True, text=True,
+      timeout=300, check=False)
+  assert result.returncode == 0, result.stderr
+  assert '**13.69 MiB**' in result.stdout and 'INT8 model:' in result.stdout
+  sizes = json.loads((tmp_path / 'int8' / 'sizes.json').read_text())
+  assert 3.5 < sizes['int8_mib'] < 3.9
+  record = str(shared_real / 'derived' / 'mixedsignals_125hz.vital')
+  rows = {}
+  for name in ('float', 'int8'):
+    out = tmp_path / f'{name}.csv'
+    run = subprocess.run([sys.executable, '-m', 'cerebro_jax.predict',
+                          f'--checkpoint={tmp_path / name}', f'--record={record}',
+                          f'--output={out}'], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert run.returncode == 0, run.stderr
+    with open(out) as f:
+      rows[name] = [r for r in csv.DictReader(f) if r['quality'] == 'accepted']
+  assert 'int8_dynamic' in run.stdout and len(rows['int8']) == 22
+  for target in ('sbp_mmhg', 'dbp_mmhg'):
+    floats = np.array([float(r[target]) for r in rows['float']])
+    ints = np.array([float(r[target]) for r in rows['int8']])
+    assert np.abs(ints - floats).max() < 1.0  # mmHg, on outputs spread over
+    assert floats.std() > 0.1                  # a realistic range of values
+
+
+def test_quantize_command_compares_accuracy_and_refuses_bad_input(model, tmp_path):
+  from input_pipeline import prepare, synthetic, tfds_builders  # pylint: disable=import-outside-toplevel
+  params, qparams = model
+  options = prepare.PrepareOptions(cohort=synthetic.CohortConfig(num_subjects=5,
+                                                                 minutes_per_subject=1))
+  tfds_builders.build(options, str(tmp_path / 'data'), prepare.prepare(options, progress=False))
+  float_dir = checkpoints.save_model(tmp_path / 'float', params, SMALL)
+  command = [sys.executable, 'scripts/quantize.py', f'--checkpoint={float_dir}',
+             f'--output={tmp_path / "int8"}', f'--eval_data={tmp_path / "data"}',
+             '--weights=tensor', '--activations=token']
+  result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          check=False)
+  assert result.returncode == 0, result.stderr
+  assert '| SBP | MAE |' in result.stdout and 'int8_dynamic - float32' in result.stdout
+  reports = json.loads((tmp_path / 'int8' / 'metrics.json').read_text())
+  assert set(reports) == {'float32', 'int8_weights', 'int8_dynamic'}
+  n = reports['float32']['test']['sbp']['n']
+  assert n > 0 and all(r['test']['dbp']['n'] == n for r in reports.values())
+  _, _, metadata = checkpoints.load_model(tmp_path / 'int8')
+  assert metadata['quantization'] == {'mode': 'int8_dynamic', 'weights': 'tensor',
+                                      'activations': 'token', 'integer': True}
+  loaded, _, _ = checkpoints.load_model(tmp_path / 'int8')
+  x = np.random.default_rng(4).random((3, 2, 1250), dtype=np.float32)
+  spec = q.QuantSpec.from_metadata(metadata)
+  np.testing.assert_allclose(inference.predict_windows(loaded, SMALL, x, spec=spec),
+                             jax.jit(q.make_apply(SMALL, spec))(
+                                 q.quantize_params(params, 'tensor'), x), rtol=1e-6)
+  again = subprocess.run([sys.executable, 'scripts/quantize.py',
+                          f'--checkpoint={tmp_path / "int8"}', f'--output={tmp_path / "x"}'],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert again.returncode == 1 and 'already quantized' in again.stderr
+  assert qparams['head']['kernel'].dtype == np.int8
