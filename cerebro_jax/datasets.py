@@ -35,9 +35,7 @@ def get_builder(data_config, workdir: str) -> tfds.core.DatasetBuilder:
     pass
   options = synthetic_options(data_config)
   print(f'Building the synthetic cohort ({options.cohort.num_subjects} subjects) in {data_dir}')
-  prepared = prepare.prepare(options)
-  prepare.write_reports(prepared, data_dir)
-  tfds_builders.build(options, data_dir, prepared)
+  tfds_builders.prepare_dataset(options, data_dir)
   return pipeline.load_builder(data_dir)
 
 

@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 import os
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global backend, headless or inline
 
-matplotlib.use('Agg')  # files only, no display
-import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
-
-from cerebro_jax.metrics import TARGETS  # pylint: disable=wrong-import-position
+from cerebro_jax.metrics import TARGETS
 
 
 def markdown_table(reports: dict) -> str:
@@ -41,14 +38,14 @@ def _finish(fig, ax, path: str, xlabel: str, ylabel: str, title: str, legend: st
   ax.legend(loc=legend, fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)
 
 
 def bland_altman(path: str, estimate, reference, target: str, title: str) -> None:
   estimate, reference = np.asarray(estimate), np.asarray(reference)
   mean, diff = (estimate + reference) / 2, estimate - reference
   me, sd = diff.mean(), diff.std()
-  fig, ax = plt.subplots(figsize=(6, 4.5))
+  fig = Figure(figsize=(6, 4.5))
+  ax = fig.subplots()
   ax.scatter(mean, diff, s=6, alpha=0.4)
   for y, style, name in ((me, '-', 'ME'), (me + 1.96 * sd, '--', '+1.96 SD'),
                          (me - 1.96 * sd, '--', '-1.96 SD')):
@@ -60,11 +57,42 @@ def bland_altman(path: str, estimate, reference, target: str, title: str) -> Non
 def scatter(path: str, estimate, reference, target: str, title: str) -> None:
   estimate, reference = np.asarray(estimate), np.asarray(reference)
   lo, hi = min(estimate.min(), reference.min()), max(estimate.max(), reference.max())
-  fig, ax = plt.subplots(figsize=(5, 5))
+  fig = Figure(figsize=(5, 5))
+  ax = fig.subplots()
   ax.scatter(reference, estimate, s=6, alpha=0.4)
   ax.plot([lo, hi], [lo, hi], 'k--', linewidth=1, label='identity')
   _finish(fig, ax, path, f'reference {target.upper()} (mmHg)',
           f'estimate {target.upper()} (mmHg)', title, 'upper left')
+
+
+def window_figure(record, start_s: float):
+  """A figure of one 10-s window of a `Record`: ECG, PPG, and ABP with its systolic peaks
+  and feet as the labels use them, titled with the verdict and SBP/DBP (mmHg)."""
+  from input_pipeline import beats  # pylint: disable=import-outside-toplevel
+  from input_pipeline.windows import WINDOW, windows_of  # pylint: disable=import-outside-toplevel
+  window = next(w for w in windows_of(record) if w.start_s == start_s)
+  part = slice(int(round(start_s * 125)), int(round(start_s * 125)) + WINDOW)
+  t = start_s + np.arange(WINDOW) / 125.0
+  abp = record.abp[part]
+  fig = Figure(figsize=(10, 6))
+  axes = fig.subplots(3, 1, sharex=True)
+  axes[0].plot(t, record.ecg[part], linewidth=0.8)
+  axes[0].set_ylabel('ECG (mV)')
+  axes[1].plot(t, record.ppg[part], linewidth=0.8, color='tab:green')
+  axes[1].set_ylabel('PPG')
+  axes[2].plot(t, abp, linewidth=0.8, color='tab:red')
+  if np.isfinite(abp).all():
+    peaks, feet = beats.abp_beats(abp, beats.filter_pulse(record.abp)[part])
+    axes[2].plot(t[peaks], abp[peaks], 'v', color='k', label='systolic peaks')
+    axes[2].plot(t[feet], abp[feet], '^', color='tab:blue', label='feet')
+    axes[2].legend(loc='upper right', fontsize=8)
+  axes[2].set_ylabel('ABP (mmHg)')
+  axes[2].set_xlabel('time in record (s)')
+  verdict = 'accepted' if window.accepted else f'rejected: {window.reject}'
+  fig.suptitle(f'{record.record} at {start_s:.0f} s, {verdict}: SBP {window.sbp_mmhg:.1f}, '
+               f'DBP {window.dbp_mmhg:.1f} mmHg')
+  fig.tight_layout()
+  return fig
 
 
 def write_evaluation(directory: str, reports: dict, outputs: dict) -> list[str]:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import os
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -141,3 +143,17 @@ def build(options: prepare_lib.PrepareOptions, data_dir: str,
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=options.input_dir))
   return builder
+
+
+def prepare_dataset(options: prepare_lib.PrepareOptions, output_dir: str,
+                    progress: bool = True) -> tuple[prepare_lib.Prepared, str | None]:
+  """Records -> windows -> summary.json, windows.csv, options.json and the TFDS dataset
+  in `output_dir` (what scripts/prepare_data.py does). Returns (prepared, the dataset's
+  folder, or None when no window was accepted: then only the reports are written)."""
+  prepared = prepare_lib.prepare(options, progress=progress)
+  prepare_lib.write_reports(prepared, output_dir)
+  with open(os.path.join(output_dir, 'options.json'), 'w') as f:
+    json.dump(dataclasses.asdict(options), f, indent=2)
+  if len(prepared.sbp) == 0:
+    return prepared, None
+  return prepared, str(build(options, output_dir, prepared).data_dir)

@@ -10,8 +10,6 @@ split) and windows.csv (one row per candidate window with its verdict and split)
 Records that cannot be read are named with the reason and skipped.
 """
 
-import dataclasses
-import json
 import os
 import shutil
 import sys
@@ -83,20 +81,17 @@ def main(argv):
       if not _OVERWRITE.value:
         raise FileExistsError(f'{builder_dir} exists; pass --overwrite to replace it')
       shutil.rmtree(builder_dir)
-    prepared = prepare.prepare(options)
+    prepared, dataset_dir = tfds_builders.prepare_dataset(options, _OUTPUT.value)
   except (FileNotFoundError, FileExistsError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  summary_path, csv_path = prepare.write_reports(prepared, _OUTPUT.value)
   print_summary(prepared.summary())
-  if len(prepared.sbp) == 0:
-    print(f'error: no window passed the quality checks; see {csv_path}', file=sys.stderr)
+  reports = ', '.join(os.path.join(_OUTPUT.value, f) for f in ('summary.json', 'windows.csv'))
+  if dataset_dir is None:
+    print(f'error: no window passed the quality checks; see {reports}', file=sys.stderr)
     return 1
-  builder = tfds_builders.build(options, _OUTPUT.value, prepared)
-  print(f'dataset: {builder.data_dir}')
-  print(f'report: {summary_path}, {csv_path}')
-  with open(os.path.join(_OUTPUT.value, 'options.json'), 'w') as f:
-    json.dump(dataclasses.asdict(options), f, indent=2)
+  print(f'dataset: {dataset_dir}')
+  print(f'report: {reports}')
   return 0
 
 
