@@ -129,6 +129,12 @@ def train_and_evaluate(config, workdir: str,
   builder = datasets.get_builder(config.data, workdir)
   mesh = sharding.data_mesh()
   local_batch = sharding.check_batch(config.batch_size)
+  needed = {'train', 'validation', *config.eval_splits}
+  absent = sorted(needed - set(builder.info.splits))
+  if absent:
+    raise ValueError(f'the dataset in {builder.data_dir} has no {", ".join(absent)} split '
+                     f'(it has {", ".join(builder.info.splits)}); prepare it with non-zero '
+                     'fractions for train, validation and the evaluated splits')
   train_size = builder.info.splits['train'].num_examples
   steps_per_epoch = train_size // config.batch_size
   if steps_per_epoch == 0:

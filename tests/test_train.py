@@ -188,6 +188,13 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   assert (workdir / 'checkpoints' / '1').stat().st_mtime_ns == before
 
 
+def test_a_dataset_without_a_validation_split_is_refused(tmp_path):
+  config = tiny_config()
+  config.data.fractions = (0.9, 0.0, 0.1)
+  with pytest.raises(ValueError, match='has no validation split'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
 def test_configs():
   config = paper.get_config('vitaldb,base,frozen')
   assert (config.data.source, config.model.size, config.train_mode) == ('vitaldb', 'base',
