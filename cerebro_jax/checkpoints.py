@@ -35,11 +35,17 @@ def save_model(directory: str | os.PathLike, params, config: ModelConfig,
     raise FileExistsError(f'{directory} already exists; choose another output or overwrite')
   check_params(params, config, directory)
   checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-  checkpointer.save(directory, ocp.args.Composite(
-      params=ocp.args.StandardSave(jax.tree.map(np.asarray, params)),
-      model_config=ocp.args.JsonSave(config.to_dict()),
-      metadata=ocp.args.JsonSave(metadata or {})), force=overwrite)
+  checkpointer.save(directory, model_args(jax.tree.map(np.asarray, params), config, metadata),
+                    force=overwrite)
   return directory
+
+
+def model_args(params, config: ModelConfig, metadata: dict[str, Any] | None = None):
+  """The orbax items of a model directory, for a Checkpointer or a CheckpointManager step
+  (training's best checkpoints are model directories too)."""
+  return ocp.args.Composite(params=ocp.args.StandardSave(params),
+                            model_config=ocp.args.JsonSave(config.to_dict()),
+                            metadata=ocp.args.JsonSave(metadata or {}))
 
 
 def load_model(directory: str | os.PathLike) -> tuple[dict, ModelConfig, dict[str, Any]]:

@@ -154,6 +154,9 @@ def train_and_evaluate(config, workdir: str,
     restored = latest.restore(latest.latest_step(), args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     state, meta = restored.state, restored.meta
+    for step in best.all_steps():  # saved by an epoch that died before its latest save
+      if step > meta['epoch']:
+        best.delete(step)
     print(f'Resuming from {latest.directory} after epoch {meta["epoch"]}')
 
   train_step = make_train_step(model_config, tx, mesh)
@@ -190,10 +193,8 @@ def train_and_evaluate(config, workdir: str,
             'best_epoch': epoch if improved else meta['best_epoch'],
             'epochs_without_improvement': 0 if improved else meta['epochs_without_improvement'] + 1}
     if improved:
-      best.save(epoch, args=ocp.args.Composite(
-          params=ocp.args.StandardSave(state['params']),
-          model_config=ocp.args.JsonSave(model_config.to_dict()),
-          metadata=ocp.args.JsonSave({'epoch': epoch, 'val_mse': val_mse})))
+      best.save(epoch, args=checkpoints.model_args(state['params'], model_config,
+                                                   {'epoch': epoch, 'val_mse': val_mse}))
     latest.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                meta=ocp.args.JsonSave(meta)))
     latest.wait_until_finished()

@@ -1,6 +1,7 @@
 """Training: the step, sharding, frozen parameters, resuming, divergence, configs."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -155,6 +156,12 @@ def test_resume_reaches_the_same_parameters(uninterrupted, tmp_path):
   with pytest.raises(_Stop):
     train.train_and_evaluate(tiny_config(), str(workdir_b), on_epoch_end=stop_after_first)
   assert not (workdir_b / 'model').exists()
+  # As if the run had died after an epoch's best save but before its latest save: a best
+  # step past the resume point, here other parameters (from another seed), must not
+  # survive the restart.
+  other = tmp_path / 'other'
+  train.train_and_evaluate(tiny_config(num_epochs=1, seed=1), str(other))
+  shutil.copytree(other / 'best' / '1', workdir_b / 'best' / '3')
   train.train_and_evaluate(tiny_config(), str(workdir_b))
   params_a, _, meta_a = checkpoints.load_model(workdir_a / 'model')
   params_b, _, meta_b = checkpoints.load_model(workdir_b / 'model')
