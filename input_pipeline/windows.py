@@ -29,7 +29,7 @@ import dataclasses
 from typing import Iterator
 
 import numpy as np
-from scipy import stats
+from scipy import signal, stats
 
 from input_pipeline import beats
 from input_pipeline.records import FS, Record
@@ -98,14 +98,28 @@ def _is_clipped(x: np.ndarray, max_run: int, check_min: bool = True) -> bool:
 
 
 def max_lagged_correlation(a: np.ndarray, b: np.ndarray, max_lag: int) -> float:
-  """max over |lag| <= max_lag of Pearson r(a[t], b[t + lag]) on the overlap."""
-  best = -1.0
+  """max over |lag| <= max_lag of Pearson r(a[t], b[t + lag]) on the overlap.
+
+  All lags at once: the products from one cross-correlation, the overlaps' sums and
+  sums of squares from cumulative sums.
+  """
   n = len(a)
-  for lag in range(-max_lag, max_lag + 1):
-    x, y = (a[:n - lag], b[lag:]) if lag >= 0 else (a[-lag:], b[:n + lag])
-    if x.std() > 0 and y.std() > 0:
-      best = max(best, float(np.corrcoef(x, y)[0, 1]))
-  return best
+  lags = np.arange(-max_lag, max_lag + 1)
+  full = signal.correlate(b, a, mode='full', method='auto')  # index n-1+k: sum a[t] b[t+k]
+  sxy = full[n - 1 + lags]
+  count = n - np.abs(lags)
+  ca, ca2 = (np.concatenate([[0.0], np.cumsum(v)]) for v in (a, a * a))
+  cb, cb2 = (np.concatenate([[0.0], np.cumsum(v)]) for v in (b, b * b))
+  a_lo, a_hi = np.maximum(0, -lags), n - np.maximum(0, lags)  # a's overlap [a_lo, a_hi)
+  b_lo, b_hi = np.maximum(0, lags), n - np.maximum(0, -lags)  # b's overlap
+  sx, sx2 = ca[a_hi] - ca[a_lo], ca2[a_hi] - ca2[a_lo]
+  sy, sy2 = cb[b_hi] - cb[b_lo], cb2[b_hi] - cb2[b_lo]
+  var_x, var_y = sx2 - sx * sx / count, sy2 - sy * sy / count
+  valid = (var_x > 1e-12 * np.abs(sx2)) & (var_y > 1e-12 * np.abs(sy2))
+  if not valid.any():
+    return -1.0
+  r = (sxy - sx * sy / count)[valid] / np.sqrt(var_x[valid] * var_y[valid])
+  return float(r.max())
 
 
 def _minmax(x: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from input_pipeline import mimic3, prepare, splits, synthetic, vitaldb_files
-from input_pipeline.windows import WINDOW, windows_of
+from input_pipeline.windows import WINDOW, max_lagged_correlation, windows_of
 
 FS = 125
 
@@ -152,3 +152,24 @@ def test_real_recording_windows_and_labels(real_forms):
     assert set(got) == set(reference), form
     diff = np.array([np.subtract(got[s], reference[s]) for s in reference])
     assert np.abs(diff).max() < 1.0, form
+
+
+def _lagged_correlation_by_definition(a, b, max_lag):
+  best = -1.0
+  for lag in range(-max_lag, max_lag + 1):
+    x, y = (a[:len(a) - lag], b[lag:]) if lag >= 0 else (a[-lag:], b[:len(b) + lag])
+    if x.std() > 0 and y.std() > 0:
+      best = max(best, float(np.corrcoef(x, y)[0, 1]))
+  return best
+
+
+def test_lagged_correlation_equals_its_definition():
+  rng = np.random.default_rng(0)
+  t = np.arange(1250) / FS
+  for _ in range(20):
+    a = np.sin(2 * np.pi * rng.uniform(0.8, 2) * t) + rng.normal(0, rng.uniform(0.05, 1), 1250)
+    b = 3 * np.roll(a, rng.integers(-100, 100)) + rng.normal(0, 0.3, 1250) + 100
+    assert max_lagged_correlation(a, b, 125) == pytest.approx(
+        _lagged_correlation_by_definition(a, b, 125), abs=1e-9)
+  flat = np.full(1250, 2.0)
+  assert max_lagged_correlation(flat, b, 125) == -1.0  # no variance, no correlation
