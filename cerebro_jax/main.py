@@ -1,4 +1,4 @@
-"""Trains and evaluates CEReBrO BP models: flags only; the logic is in train.py.
+r"""Trains and evaluates CEReBrO BP models: flags only; the logic is in train.py.
 
   python -m cerebro_jax.main --config=configs/default.py --workdir=runs/default
   python -m cerebro_jax.main --config=configs/paper.py:mimic3,small,unfrozen \

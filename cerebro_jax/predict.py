@@ -1,4 +1,4 @@
-"""Predicts SBP and DBP (mmHg) with a cerebro-bp model, from windows or from a record.
+r"""Predicts SBP and DBP (mmHg) with a cerebro-bp model, from windows or from a record.
 
   python -m cerebro_jax.predict --checkpoint runs/default/model \
       --windows windows.npy --output predictions.csv

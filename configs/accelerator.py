@@ -1,4 +1,4 @@
-"""The paper's recipe on a GPU/TPU: bfloat16 compute and a 4x larger batch.
+r"""The paper's recipe on a GPU/TPU: bfloat16 compute and a 4x larger batch.
 
   python -m cerebro_jax.main --config=configs/accelerator.py:vitaldb,large,unfrozen \
       --config.data.dir=data/vitaldb --config.init_from=models/cerebro_large --workdir=...

@@ -1,4 +1,4 @@
-"""The paper's recipe (arXiv 2502.17460, from its code release) on prepared real data.
+r"""The paper's recipe (arXiv 2502.17460, from its code release) on prepared real data.
 
   python -m cerebro_jax.main --config=configs/paper.py:mimic3,small,unfrozen \
       --config.data.dir=data/mimic3 --config.init_from=models/cerebro_small \

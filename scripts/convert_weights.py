@@ -1,4 +1,4 @@
-"""Converts a PyTorch CEReBrO checkpoint into a cerebro-bp model directory (orbax).
+r"""Converts a PyTorch CEReBrO checkpoint into a cerebro-bp model directory (orbax).
 
   python scripts/convert_weights.py --checkpoint cerebro_small.ckpt --size small \
       --output models/cerebro_small

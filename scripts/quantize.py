@@ -1,4 +1,4 @@
-"""Quantizes a cerebro-bp model to INT8 and reports sizes and the accuracy change.
+r"""Quantizes a cerebro-bp model to INT8 and reports sizes and the accuracy change.
 
   python scripts/quantize.py --checkpoint runs/default/model --output runs/default/model_int8 \
       --eval_data runs/default/data
