@@ -9,7 +9,8 @@ Each subject has its own physiology, drawn from the subject's seed:
   with pressure), with a subject-specific arterial stiffness, path length L and PEP, so
   PAT carries BP within a subject but maps differently across subjects;
 - a PPG pulse that is a smoothed, delayed arterial pulse whose dicrotic notch fades with
-  stiffness; noise, baseline wander, mains noise on the ECG;
+  stiffness; an ECG whose P-QRS-T waves have the subject's own amplitudes and widths;
+  noise, baseline wander, mains noise on the ECG;
 - occasional artifacts the quality rules must reject: flat lines (sensor off), clipped
   PPG, arterial-line flushes (ABP > 250 mmHg), NaN gaps, motion on the PPG.
 
@@ -62,11 +63,16 @@ def _abp_shape(u: np.ndarray, t_peak: float, tau: float, notch: float) -> np.nda
   return np.where(u < t_peak, rise, np.minimum(fall, 1.0))
 
 
-def _ecg_beat(t: np.ndarray) -> np.ndarray:
-  """P-QRS-T complex (mV) at time t (s) relative to the R peak."""
-  waves = ((-0.2, 0.025, 0.12), (-0.03, 0.01, -0.12), (0.0, 0.012, 1.1), (0.03, 0.01, -0.25),
-           (0.28, 0.05, 0.3))
-  return sum(a * np.exp(-0.5 * ((t - c) / w) ** 2) for c, w, a in waves)
+# P, Q, R, S, T waves: centre (s from the R peak), width (s), amplitude (mV).
+_ECG_WAVES = ((-0.2, 0.025, 0.12), (-0.03, 0.01, -0.12), (0.0, 0.012, 1.1),
+              (0.03, 0.01, -0.25), (0.28, 0.05, 0.3))
+
+
+def _ecg_beat(t: np.ndarray, morphology: np.ndarray) -> np.ndarray:
+  """P-QRS-T complex (mV) at time t (s) relative to the R peak; morphology (5, 2) scales
+  each wave's amplitude and width (every person's ECG looks a little different)."""
+  return sum(a * ka * np.exp(-0.5 * ((t - c) / (w * kw)) ** 2)
+             for (c, w, a), (ka, kw) in zip(_ECG_WAVES, morphology))
 
 
 def _pulse_train(t, feet, shape_fn, values_low, values_amp):
@@ -133,7 +139,9 @@ def subject(index: int, config: CohortConfig) -> tuple[Record, Beats]:
   nearest = np.clip(np.searchsorted(r_peaks, t), 1, len(r_peaks) - 1)
   closest = np.where(np.abs(t - r_peaks[nearest - 1]) < np.abs(t - r_peaks[nearest]),
                      r_peaks[nearest - 1], r_peaks[nearest])
-  ecg = (_ecg_beat(t - closest) + 0.15 * _smooth_noise(rng, n, FS, 3.0)
+  # Drawn from a stream of its own, so the rest of the subject does not depend on it.
+  morphology = np.random.default_rng([config.seed, index, 1]).uniform(0.6, 1.4, (5, 2))
+  ecg = (_ecg_beat(t - closest, morphology) + 0.15 * _smooth_noise(rng, n, FS, 3.0)
          + 0.02 * np.sin(2 * np.pi * 50 * t) + rng.normal(0, ecg_noise, n))
 
   _add_artifacts(rng, t, ecg, ppg, abp, config.artifact_rate)
