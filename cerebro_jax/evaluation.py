@@ -44,14 +44,19 @@ def mse(outputs: dict) -> float:
   return float(np.mean([(outputs[t] - outputs[f'{t}_ref']) ** 2 for t in metrics.TARGETS]))
 
 
+def split_report(outputs: dict, train_means: dict) -> dict:
+  """The BP report (metrics.bp_report) of one split's `predict_split` outputs."""
+  return metrics.bp_report({t: outputs[t] for t in metrics.TARGETS},
+                           {t: outputs[f'{t}_ref'] for t in metrics.TARGETS},
+                           outputs['subject'], train_means)
+
+
 def evaluate_params(params, model_config, builder, splits, batch_size: int, mesh,
                     train_means: dict, out_dir: str, spec: QuantSpec = QuantSpec()) -> dict:
   """Metrics, Markdown table and plots for each split, written to `out_dir`."""
   outputs = {s: predict_split(params, model_config, builder, s, batch_size, mesh, spec)
              for s in splits}
-  reports = {s: metrics.bp_report({t: o[t] for t in metrics.TARGETS},
-                                  {t: o[f'{t}_ref'] for t in metrics.TARGETS}, o['subject'],
-                                  train_means) for s, o in outputs.items()}
+  reports = {s: split_report(o, train_means) for s, o in outputs.items()}
   report.write_evaluation(out_dir, reports, outputs)
   return reports
 

@@ -18,9 +18,6 @@ from cerebro_jax import checkpoints, datasets, evaluation, metrics, quantization
 from cerebro_jax.quantization import QuantSpec
 from input_pipeline import pipeline
 
-VARIANTS = ('float32', 'int8_weights', 'int8_dynamic')
-
-
 def size_markdown(sizes: dict) -> str:
   lines = ['| component | float32 (bytes) | INT8 model (bytes) |', '|---|---|---|']
   for name, row in sizes['components'].items():
@@ -77,9 +74,7 @@ def quantize_checkpoint(checkpoint: str, output: str, *, weights: str = 'channel
   for name, (tree, variant_spec) in variants.items():
     out = evaluation.predict_split(jax.device_put(tree, sharding.replicated(mesh)),
                                    model_config, builder, split, batch_size, mesh, variant_spec)
-    reports[name] = {split: metrics.bp_report({t: out[t] for t in metrics.TARGETS},
-                                              {t: out[f'{t}_ref'] for t in metrics.TARGETS},
-                                              out['subject'], train_means)}
+    reports[name] = {split: evaluation.split_report(out, train_means)}
   with open(os.path.join(output, 'metrics.json'), 'w') as f:
     json.dump(reports, f, indent=2)
   result['reports'] = reports

@@ -9,6 +9,9 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend, headless or inline
 
 from cerebro_jax.metrics import TARGETS
+from input_pipeline import beats
+from input_pipeline.records import FS
+from input_pipeline.windows import WINDOW
 
 
 def markdown_table(reports: dict) -> str:
@@ -65,14 +68,12 @@ def scatter(path: str, estimate, reference, target: str, title: str) -> None:
           f'estimate {target.upper()} (mmHg)', title, 'upper left')
 
 
-def window_figure(record, start_s: float):
-  """A figure of one 10-s window of a `Record`: ECG, PPG, and ABP with its systolic peaks
-  and feet as the labels use them, titled with the verdict and SBP/DBP (mmHg)."""
-  from input_pipeline import beats  # pylint: disable=import-outside-toplevel
-  from input_pipeline.windows import WINDOW, windows_of  # pylint: disable=import-outside-toplevel
-  window = next(w for w in windows_of(record) if w.start_s == start_s)
-  part = slice(int(round(start_s * 125)), int(round(start_s * 125)) + WINDOW)
-  t = start_s + np.arange(WINDOW) / 125.0
+def window_figure(record, window):
+  """A figure of one 10-s `Window` of its `Record`: ECG, PPG, and ABP with its systolic
+  peaks and feet as the labels use them, titled with the verdict and SBP/DBP (mmHg)."""
+  start = int(round(window.start_s * FS))
+  part = slice(start, start + WINDOW)
+  t = window.start_s + np.arange(WINDOW) / FS
   abp = record.abp[part]
   fig = Figure(figsize=(10, 6))
   axes = fig.subplots(3, 1, sharex=True)
@@ -89,8 +90,8 @@ def window_figure(record, start_s: float):
   axes[2].set_ylabel('ABP (mmHg)')
   axes[2].set_xlabel('time in record (s)')
   verdict = 'accepted' if window.accepted else f'rejected: {window.reject}'
-  fig.suptitle(f'{record.record} at {start_s:.0f} s, {verdict}: SBP {window.sbp_mmhg:.1f}, '
-               f'DBP {window.dbp_mmhg:.1f} mmHg')
+  fig.suptitle(f'{record.record} at {window.start_s:.0f} s, {verdict}: SBP '
+               f'{window.sbp_mmhg:.1f}, DBP {window.dbp_mmhg:.1f} mmHg')
   fig.tight_layout()
   return fig
 

@@ -35,6 +35,10 @@ from cerebro_jax.model_config import ModelConfig
 from input_pipeline import pipeline
 
 
+# Target names in the order of the model's outputs: ('dbp', 'sbp').
+_TARGET_ORDER = tuple(c.removesuffix('_mmhg') for c in model_lib.OUTPUT_COLUMNS)
+
+
 class TrainingDivergedError(RuntimeError):
   """The loss became NaN or Inf; the last good checkpoint is left as it was."""
 
@@ -64,14 +68,19 @@ def initial_params(config, train_means: dict):
     params = model_lib.init_params(model_config, jax.random.PRNGKey(config.seed))
   params = jax.tree.map(np.asarray, params)
   if config.head_bias_init == 'train_mean':
-    params['head']['bias'] = np.array(
-        [train_means[c.removesuffix('_mmhg')] for c in model_lib.OUTPUT_COLUMNS], np.float32)
+    params['head']['bias'] = np.array([train_means[t] for t in _TARGET_ORDER], np.float32)
   elif config.head_bias_init == 'zeros':
     params['head']['bias'] = np.zeros(2, np.float32)
   elif config.head_bias_init != 'keep':
     raise ValueError(f'head_bias_init must be train_mean, zeros or keep, got '
                      f'{config.head_bias_init!r}')
   return params, model_config
+
+
+def init_state(params, tx, seed: int) -> dict:
+  """The train state at step 0: {'step', 'params', 'opt_state', 'rng'} (host arrays)."""
+  return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params),
+          'rng': jax.random.PRNGKey(seed)}
 
 
 def make_train_step(model_config: ModelConfig, tx, mesh):
@@ -83,7 +92,7 @@ def make_train_step(model_config: ModelConfig, tx, mesh):
   module = model_lib.CerebroBP(model_config)
 
   def step(state, batch):
-    targets = jnp.stack([batch[c.removesuffix('_mmhg')] for c in model_lib.OUTPUT_COLUMNS], -1)
+    targets = jnp.stack([batch[t] for t in _TARGET_ORDER], -1)
     dropout = jax.random.fold_in(state['rng'], state['step'])
 
     def loss_fn(params):
@@ -143,9 +152,7 @@ def train_and_evaluate(config, workdir: str,
   train_means = datasets.split_means(builder)
   params, model_config = initial_params(config, train_means)
   tx, _ = optim.make_optimizer(config, params)
-  state = {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params),
-           'rng': jax.random.PRNGKey(config.seed)}
-  state = jax.device_put(state, sharding.replicated(mesh))
+  state = jax.device_put(init_state(params, tx, config.seed), sharding.replicated(mesh))
   meta = {'epoch': 0, 'best_val_mse': None, 'best_epoch': None, 'epochs_without_improvement': 0}
 
   latest, best = _managers(workdir)

@@ -31,8 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from cerebro_jax import cli, model as model_lib
+from cerebro_jax import cli, model as model_lib, optim, quantization, sharding, train
 from cerebro_jax.model_config import ATTENTION_TYPES, SIZES, ModelConfig
+from configs import default
 from input_pipeline import mimic3, pipeline, prepare, synthetic, tfds_builders
 
 _SIZES = flags.DEFINE_multi_enum('sizes', list(SIZES), list(SIZES), 'Model sizes to measure.')
@@ -99,7 +100,7 @@ def bench_model():
     for attention_type in ATTENTION_TYPES:
       config = ModelConfig.from_size(size, attention_type=attention_type)
       params = model_lib.init_params(config, jax.random.PRNGKey(0), channels=_CHANNELS.value)
-      forward = jax.jit(lambda p, x, c=config: model_lib.CerebroBP(c).apply({'params': p}, x))
+      forward = jax.jit(quantization.make_apply(config))
       one = rng.random((1, _CHANNELS.value, SAMPLES), dtype=np.float32)
       many = rng.random((_BATCH.value, _CHANNELS.value, SAMPLES), dtype=np.float32)
       latency = median_seconds(forward, params, one, repeats=_REPEATS.value)
@@ -155,8 +156,6 @@ def matmul_peak_flops(dtype) -> float:
 
 
 def bench_train():
-  from cerebro_jax import optim, sharding, train  # pylint: disable=import-outside-toplevel
-  from configs import default  # pylint: disable=import-outside-toplevel
   peak = matmul_peak_flops(jnp.dtype(_DTYPE.value))
   mesh = sharding.data_mesh()
   rows = []
@@ -165,9 +164,7 @@ def bench_train():
     model_config = ModelConfig.from_size(size, dtype=_DTYPE.value)
     params = model_lib.init_params(model_config, jax.random.PRNGKey(0))
     tx, _ = optim.make_optimizer(default.get_config(), params)
-    state = jax.device_put({'step': jnp.zeros((), jnp.int32), 'params': params,
-                            'opt_state': tx.init(params), 'rng': jax.random.PRNGKey(0)},
-                           sharding.replicated(mesh))
+    state = jax.device_put(train.init_state(params, tx, 0), sharding.replicated(mesh))
     step = train.make_train_step(model_config, tx, mesh)
     batch = sharding.put_batch({
         'signals': rng.random((_BATCH.value, 2, SAMPLES), dtype=np.float32),
@@ -191,7 +188,6 @@ def bench_train():
 
 
 def bench_quant():
-  from cerebro_jax import quantization  # pylint: disable=import-outside-toplevel
   rows = []
   rng = np.random.default_rng(0)
   one = rng.random((1, 2, SAMPLES), dtype=np.float32)

@@ -7,7 +7,6 @@ so Adam would compare reduction orders, not the sharding.
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -19,9 +18,7 @@ def run(mesh, steps=3):
   model_config = ModelConfig(embed_dim=48, depth=2, num_heads=4, drop_path_rate=0.2)
   params = model_lib.init_params(model_config, jax.random.PRNGKey(0))
   tx = optax.sgd(1e-4)
-  state = jax.device_put({'step': jnp.zeros((), jnp.int32), 'params': params,
-                          'opt_state': tx.init(params), 'rng': jax.random.PRNGKey(1)},
-                         sharding.replicated(mesh))
+  state = jax.device_put(train.init_state(params, tx, 1), sharding.replicated(mesh))
   step = train.make_train_step(model_config, tx, mesh)
   rng = np.random.default_rng(0)
   losses = []

@@ -41,8 +41,7 @@ def start_state(config, model_config=TINY):
   params = model_lib.init_params(model_config, jax.random.PRNGKey(0))
   params['head']['bias'] = np.array([75.0, 130.0], np.float32)
   tx, labels = optim.make_optimizer(config, params)
-  return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params),
-          'rng': jax.random.PRNGKey(1)}, tx, labels
+  return train.init_state(params, tx, 1), tx, labels
 
 
 def test_first_step_equals_an_independent_computation():
