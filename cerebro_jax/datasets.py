@@ -7,7 +7,14 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from input_pipeline import pipeline, prepare, synthetic, tfds_builders
+from input_pipeline import pipeline, prepare, splits, synthetic, tfds_builders
+
+# Splits that are never evaluated by default: training data and calibration windows.
+_NOT_EVALUATED = ('train', 'calibration_aami')
+
+
+class ProtocolMismatchError(ValueError):
+  """The dataset's split protocol is not the one the config's experiment needs."""
 
 
 def synthetic_options(data_config) -> prepare.PrepareOptions:
@@ -50,3 +57,39 @@ def split_means(builder, split: str = 'train') -> dict[str, float]:
     totals['dbp'] += float(np.sum(ex['dbp'], dtype=np.float64))
     count += len(ex['sbp'])
   return {k: v / count for k, v in totals.items()}
+
+
+def protocol(builder) -> str:
+  """The split protocol the dataset was built with ('subject', 'random', 'pulsedb')."""
+  return tfds_builders.protocol_of(builder)
+
+
+def eval_splits(config_splits, builder) -> tuple[str, ...]:
+  """config.eval_splits, or when empty: validation and every test split of the dataset
+  (test; test_calbased, test_calfree, test_aami for PulseDB's official files)."""
+  if config_splits:
+    return tuple(config_splits)
+  present = list(builder.info.splits)
+  return tuple(['validation'] * ('validation' in present) + sorted(
+      s for s in present if s not in (*_NOT_EVALUATED, 'validation')))
+
+
+def test_split(builder) -> str:
+  """The dataset's test split: 'test', else the first official PulseDB test split."""
+  tests = [s for s in eval_splits((), builder) if s != 'validation']
+  if not tests:
+    raise pipeline.DatasetNotFoundError(f'{builder.data_dir}: no test split (it has '
+                                        f'{", ".join(builder.info.splits)})')
+  return 'test' if 'test' in tests else tests[0]
+
+
+def check_protocol(builder, required) -> None:
+  """Raises ProtocolMismatchError when `required` (protocols) does not hold the dataset's."""
+  found = protocol(builder)
+  if required and found not in required:
+    raise ProtocolMismatchError(
+        f'this config reproduces an experiment on a {" or ".join(required)} split, but the '
+        f'dataset in {builder.data_dir} was built with protocol {found or "unknown"!r} '
+        f'({splits.split_kind(found, "test")}), which measures something else. Prepare the '
+        f'data with scripts/prepare_data.py --protocol {required[0]}, or pass '
+        "--config.data.required_protocols='()' to run it anyway.")

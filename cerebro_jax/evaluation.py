@@ -11,7 +11,7 @@ import numpy as np
 from cerebro_jax import (checkpoints, datasets, metrics, model as model_lib, quantization,
                          report, sharding)
 from cerebro_jax.quantization import QuantSpec
-from input_pipeline import pipeline
+from input_pipeline import pipeline, splits
 
 
 @functools.lru_cache(maxsize=8)
@@ -44,25 +44,32 @@ def mse(outputs: dict) -> float:
   return float(np.mean([(outputs[t] - outputs[f'{t}_ref']) ** 2 for t in metrics.TARGETS]))
 
 
-def split_report(outputs: dict, train_means: dict) -> dict:
-  """The BP report (metrics.bp_report) of one split's `predict_split` outputs."""
-  return metrics.bp_report({t: outputs[t] for t in metrics.TARGETS},
-                           {t: outputs[f'{t}_ref'] for t in metrics.TARGETS},
-                           outputs['subject'], train_means)
+def split_report(outputs: dict, train_means: dict, protocol: str = '', split: str = '') -> dict:
+  """The BP report (metrics.bp_report) of one split's `predict_split` outputs, with the
+  dataset's split protocol and what the split measures when they are given."""
+  report_ = metrics.bp_report({t: outputs[t] for t in metrics.TARGETS},
+                              {t: outputs[f'{t}_ref'] for t in metrics.TARGETS},
+                              outputs['subject'], train_means)
+  if protocol:
+    report_.update(protocol=protocol, split_kind=splits.split_kind(protocol, split))
+  return report_
 
 
-def evaluate_params(params, model_config, builder, splits, batch_size: int, mesh,
+def evaluate_params(params, model_config, builder, eval_splits, batch_size: int, mesh,
                     train_means: dict, out_dir: str, spec: QuantSpec = QuantSpec()) -> dict:
-  """Metrics, Markdown table and plots for each split, written to `out_dir`."""
+  """Metrics, Markdown table and plots for each split, written to `out_dir`; each report
+  names the dataset's split protocol and what the split measures."""
+  protocol = datasets.protocol(builder)
   outputs = {s: predict_split(params, model_config, builder, s, batch_size, mesh, spec)
-             for s in splits}
-  reports = {s: split_report(o, train_means) for s, o in outputs.items()}
+             for s in eval_splits}
+  reports = {s: split_report(o, train_means, protocol, s) for s, o in outputs.items()}
   report.write_evaluation(out_dir, reports, outputs)
   return reports
 
 
 def evaluate(config, workdir: str, model_dir: str = '') -> dict:
-  """Evaluates a model directory (default <workdir>/model) on config.eval_splits.
+  """Evaluates a model directory (default <workdir>/model) on config.eval_splits (or
+  validation and every test split).
 
   Writes <workdir>/eval/ and returns {split: metrics report}. The mean predictor uses
   the training split's means of the configured dataset.
@@ -72,6 +79,7 @@ def evaluate(config, workdir: str, model_dir: str = '') -> dict:
   builder = datasets.get_builder(config.data, workdir)
   mesh = sharding.data_mesh()
   params = jax.device_put(params, sharding.replicated(mesh))
-  return evaluate_params(params, model_config, builder, tuple(config.eval_splits),
+  return evaluate_params(params, model_config, builder,
+                         datasets.eval_splits(config.eval_splits, builder),
                          config.eval_batch_size, mesh, datasets.split_means(builder),
                          os.path.join(workdir, 'eval'), QuantSpec.from_metadata(metadata))

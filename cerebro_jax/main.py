@@ -11,7 +11,10 @@ Any config field can be overridden on the command line, e.g. --config.num_epochs
 from absl import flags
 from ml_collections import config_flags
 
-from cerebro_jax import cli, evaluation, report, train
+import sys
+
+from cerebro_jax import cli, datasets, evaluation, report, train
+from input_pipeline import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'A config file (configs/*.py[:argument]).', lock_config=True)
@@ -27,10 +30,14 @@ flags.mark_flags_as_required(['config'])
 def main(argv):
   if len(argv) > 1:
     raise SystemExit(f'unexpected arguments: {argv[1:]}')
-  if _MODE.value == 'train_and_evaluate':
-    reports = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  else:
-    reports = evaluation.evaluate(_CONFIG.value, _WORKDIR.value, _MODEL.value)
+  try:
+    if _MODE.value == 'train_and_evaluate':
+      reports = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    else:
+      reports = evaluation.evaluate(_CONFIG.value, _WORKDIR.value, _MODEL.value)
+  except (datasets.ProtocolMismatchError, pipeline.DatasetNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
   print(report.markdown_table(reports))
   print(f'Metrics, tables and plots in {_WORKDIR.value}/eval')
 

@@ -41,13 +41,18 @@ def comparison_markdown(reports: dict, split: str) -> str:
       values = [get(r[split][target]) for r in reports.values()]
       lines.append(f'| {target.upper()} | {name} | ' + ' | '.join(f'{v:.2f}' for v in values)
                    + ' | ' + ' | '.join(f'{v - values[0]:+.3f}' for v in values[1:]) + ' |')
-  return '\n'.join(lines) + f'\n\n{split} split; mmHg, or % of windows for BHS.\n'
+  kind = next(iter(reports.values()))[split].get('split_kind')
+  return '\n'.join(lines) + (f'\n\n{split} split{f" ({kind})" if kind else ""}; mmHg, or % of '
+                             'windows for BHS.\n')
 
 
 def quantize_checkpoint(checkpoint: str, output: str, *, weights: str = 'channel',
-                        activations: str = 'tensor', eval_data: str = '', split: str = 'test',
+                        activations: str = 'tensor', eval_data: str = '', split: str = '',
                         batch_size: int = 256, overwrite: bool = False) -> dict:
-  """Quantizes `checkpoint` into `output`; returns {'sizes', 'reports' (if eval_data)}."""
+  """Quantizes `checkpoint` into `output`; returns {'sizes', 'reports' (if eval_data)}.
+
+  split: the split of eval_data compared on; '' = its test split (datasets.test_split).
+  """
   params, model_config, metadata = checkpoints.load_model(checkpoint)
   if quantization.is_quantized(params):
     raise ValueError(f'{checkpoint} is already quantized')
@@ -66,6 +71,7 @@ def quantize_checkpoint(checkpoint: str, output: str, *, weights: str = 'channel
 
   builder = pipeline.load_builder(eval_data)
   train_means = datasets.split_means(builder)
+  split = split or datasets.test_split(builder)
   mesh = sharding.data_mesh()
   variants = {'float32': (params, QuantSpec()),
               'int8_weights': (qparams, QuantSpec('int8_weights', weights=weights)),
@@ -74,7 +80,8 @@ def quantize_checkpoint(checkpoint: str, output: str, *, weights: str = 'channel
   for name, (tree, variant_spec) in variants.items():
     out = evaluation.predict_split(jax.device_put(tree, sharding.replicated(mesh)),
                                    model_config, builder, split, batch_size, mesh, variant_spec)
-    reports[name] = {split: evaluation.split_report(out, train_means)}
+    reports[name] = {split: evaluation.split_report(out, train_means,
+                                                    datasets.protocol(builder), split)}
   with open(os.path.join(output, 'metrics.json'), 'w') as f:
     json.dump(reports, f, indent=2)
   result['reports'] = reports

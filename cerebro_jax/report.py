@@ -30,6 +30,10 @@ def markdown_table(reports: dict) -> str:
           f"{m['sd']:.2f} | {m['r2']:.3f} | {m['pearson_r']:.3f} | "
           f"{m['mean_predictor']['mae']:.2f} | {aami} | {b['grade']} ({b['within_5']:.0f}/"
           f"{b['within_10']:.0f}/{b['within_15']:.0f}) | {m['ieee_1708']} |")
+  kinds = [f'- {split}: {r["split_kind"]}' for split, r in reports.items() if 'split_kind' in r]
+  protocols = sorted({r['protocol'] for r in reports.values() if 'protocol' in r})
+  if kinds:
+    lines += ['', f'Dataset split protocol: {", ".join(protocols)}.', *kinds]
   return '\n'.join(lines) + '\n\nAll values in mmHg; error = estimate - reference.\n'
 
 
@@ -77,8 +81,9 @@ def window_figure(record, window):
   abp = record.abp[part]
   fig = Figure(figsize=(10, 6))
   axes = fig.subplots(3, 1, sharex=True)
-  axes[0].plot(t, record.ecg[part], linewidth=0.8)
-  axes[0].set_ylabel('ECG (mV)')
+  lead = record.leads.index(window.lead) if window.lead in record.leads else 0
+  axes[0].plot(t, record.ecg[lead, part], linewidth=0.8)
+  axes[0].set_ylabel(f'ECG {record.leads[lead]} (mV)')
   axes[1].plot(t, record.ppg[part], linewidth=0.8, color='tab:green')
   axes[1].set_ylabel('PPG')
   axes[2].plot(t, abp, linewidth=0.8, color='tab:red')
@@ -92,6 +97,24 @@ def window_figure(record, window):
   verdict = 'accepted' if window.accepted else f'rejected: {window.reject}'
   fig.suptitle(f'{record.record} at {window.start_s:.0f} s, {verdict}: SBP '
                f'{window.sbp_mmhg:.1f}, DBP {window.dbp_mmhg:.1f} mmHg')
+  fig.tight_layout()
+  return fig
+
+
+def example_figure(example: dict):
+  """A figure of one prepared window (a dataset example: 'signals' (2, 1250) in [0, 1],
+  'sbp', 'dbp' mmHg, 'record', 'subject'): the model's ECG and PPG inputs."""
+  t = np.arange(WINDOW) / FS
+  fig = Figure(figsize=(10, 4))
+  axes = fig.subplots(2, 1, sharex=True)
+  for ax, values, name, color in zip(axes, example['signals'], ('ECG', 'PPG'),
+                                     ('tab:blue', 'tab:green')):
+    ax.plot(t, values, linewidth=0.8, color=color)
+    ax.set_ylabel(f'{name} (scaled)')
+  axes[1].set_xlabel('time in window (s)')
+  text = lambda v: v.decode() if isinstance(v, bytes) else str(v)
+  fig.suptitle(f"{text(example['record'])} ({text(example['subject'])}): SBP "
+               f"{float(example['sbp']):.1f}, DBP {float(example['dbp']):.1f} mmHg")
   fig.tight_layout()
   return fig
 

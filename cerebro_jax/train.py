@@ -136,9 +136,11 @@ def train_and_evaluate(config, workdir: str,
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=2))
   builder = datasets.get_builder(config.data, workdir)
+  datasets.check_protocol(builder, tuple(config.data.required_protocols))
+  eval_splits = datasets.eval_splits(config.eval_splits, builder)
   mesh = sharding.data_mesh()
   local_batch = sharding.check_batch(config.batch_size)
-  needed = {'train', 'validation', *config.eval_splits}
+  needed = {'train', 'validation', *eval_splits}
   absent = sorted(needed - set(builder.info.splits))
   if absent:
     raise ValueError(f'the dataset in {builder.data_dir} has no {", ".join(absent)} split '
@@ -223,7 +225,7 @@ def train_and_evaluate(config, workdir: str,
                           'train_means': train_means}, overwrite=True)
   reports = evaluation.evaluate_params(
       jax.device_put(params, sharding.replicated(mesh)), model_config, builder,
-      tuple(config.eval_splits), config.eval_batch_size, mesh, train_means,
+      eval_splits, config.eval_batch_size, mesh, train_means,
       os.path.join(workdir, 'eval'))
   with open(os.path.join(workdir, 'train_summary.json'), 'w') as f:
     json.dump({**meta, 'train_means': train_means, 'steps': int(state['step'])}, f, indent=2)

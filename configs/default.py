@@ -11,7 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   config.data = ml_collections.ConfigDict()
-  # 'synthetic' (built into <workdir>/data on first use), 'mimic3' or 'vitaldb'.
+  # 'synthetic' (built into <workdir>/data on first use), 'mimic3', 'vitaldb' or 'pulsedb'.
   config.data.source = 'synthetic'
   # A dataset folder written by scripts/prepare_data.py; '' builds the synthetic cohort.
   config.data.dir = ''
@@ -24,6 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.num_subjects = 48
   config.data.minutes_per_subject = 6.0
   config.data.cohort_seed = 0
+  # Split protocols this config's experiment needs ('subject', 'random', 'pulsedb'): the
+  # run stops before training on a dataset built otherwise. () = any.
+  config.data.required_protocols = ()
   # Shuffle buffer of the training pipeline (windows).
   config.data.shuffle_buffer = 16_384
 
@@ -74,6 +77,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   # Steps between loss checks, progress and TensorBoard updates.
   config.log_every_steps = 10
-  # Splits evaluated with the best parameters at the end.
-  config.eval_splits = ('validation', 'test')
+  # Splits evaluated with the best parameters at the end, side by side; () = validation
+  # and every test split of the dataset (test; or PulseDB's test_calbased, test_calfree,
+  # test_aami).
+  config.eval_splits = ()
   return config

@@ -4,8 +4,9 @@ Handles single-segment and multi-segment records (a master header listing segmen
 `_layout` segment and `~` gap segments), multi-rate records (read with
 `smooth_frames=False`, each channel at its own rate), NaN gaps, and channels present in
 only some segments (NaN where absent). Channels are chosen by name, case-insensitively:
-the first ECG lead of `ecg_leads` present in each segment (the lead is recorded per
-sample), the first of `ppg_names`, the first of `abp_names`.
+every lead of `ecg_leads` that the record has (windowing then uses, per window, the first
+listed lead that passes the ECG checks), the first of `ppg_names`, the first of
+`abp_names`.
 """
 
 from __future__ import annotations
@@ -37,39 +38,36 @@ def subject_of(record_path: str) -> str:
   return found[-1] if found else os.path.basename(record_path)
 
 
-def _pick(names: list[str], wanted: tuple[str, ...]) -> tuple[int, str] | tuple[None, None]:
+def _index(names: list[str], wanted: str) -> int | None:
   lower = [n.strip().lower() for n in names]
-  for name in wanted:
-    if name.lower() in lower:
-      return lower.index(name.lower()), name
-  return None, None
+  return lower.index(wanted.lower()) if wanted.lower() in lower else None
 
 
-def _read_segment(path: str, names: ChannelNames, leads: list[str]):
-  """One single-segment WFDB record -> (ecg, ppg, abp, lead index) at 125 Hz."""
+def _read_segment(path: str, names: ChannelNames) -> dict[str, np.ndarray]:
+  """One single-segment WFDB record -> {ECG lead name | 'ppg' | 'abp': (T,) at 125 Hz}
+  for every listed lead present and the first PPG and ABP name present."""
   rec = wfdb.rdrecord(path, smooth_frames=False)
   if rec.e_p_signal is None:
     raise RecordError(f'{path}: no signals')
-  duration = rec.sig_len / rec.fs
-  length = int(round(duration * FS))
-  out = []
-  lead = -1
-  for role, wanted in (('ecg', names.ecg_leads), ('ppg', names.ppg_names),
-                       ('abp', names.abp_names)):
-    index, name = _pick(list(rec.sig_name or []), wanted)
-    if index is None:
-      out.append(np.full(length, np.nan))
-      continue
-    if role == 'ecg':
-      if name not in leads:
-        leads.append(name)
-      lead = leads.index(name)
-    rate = rec.fs * rec.samps_per_frame[index]
-    values = resample(rec.e_p_signal[index], rate)
+  length = int(round(rec.sig_len / rec.fs * FS))
+  out = {}
+
+  def channel(index: int) -> np.ndarray:
+    values = resample(rec.e_p_signal[index], rec.fs * rec.samps_per_frame[index])
     fitted = np.full(length, np.nan)
     fitted[:min(length, len(values))] = values[:length]
-    out.append(fitted)
-  return out[0], out[1], out[2], lead
+    return fitted
+
+  signal_names = list(rec.sig_name or [])
+  for lead in names.ecg_leads:
+    index = _index(signal_names, lead)
+    if index is not None:
+      out[lead] = channel(index)
+  for role, wanted in (('ppg', names.ppg_names), ('abp', names.abp_names)):
+    index = next((i for i in map(lambda n: _index(signal_names, n), wanted) if i is not None),
+                 None)
+    out[role] = channel(index) if index is not None else np.full(length, np.nan)
+  return out
 
 
 def read_record(path: str, names: ChannelNames = ChannelNames()) -> Record:
@@ -84,34 +82,33 @@ def read_record(path: str, names: ChannelNames = ChannelNames()) -> Record:
     header = wfdb.rdheader(path)
     segments = (list(zip(header.seg_name, header.seg_len))
                 if isinstance(header, wfdb.MultiRecord) else [(None, header.sig_len)])
-    parts, leads = [], []
+    parts = []  # per segment: {name: (T_segment,) array}
     for seg_name, seg_len in segments:
-      seconds = seg_len / header.fs
       if seg_name is None:
-        parts.append(_read_segment(path, names, leads))
+        parts.append(_read_segment(path, names))
       elif seg_name == '~' or seg_len == 0 or seg_name.endswith('_layout'):
         if seg_len:  # a gap: no signal for seg_len frames
-          gap = np.full(int(round(seconds * FS)), np.nan)
-          parts.append((gap, gap, gap, -1))
+          gap = np.full(int(round(seg_len / header.fs * FS)), np.nan)
+          parts.append({'ppg': gap, 'abp': gap})
       else:
-        parts.append(_read_segment(os.path.join(directory, seg_name), names, leads))
+        parts.append(_read_segment(os.path.join(directory, seg_name), names))
   except RecordError:
     raise
   except Exception as e:  # wfdb raises many types for corrupt or truncated files
     raise RecordError(f'{path}: cannot read WFDB record ({type(e).__name__}: {e})') from e
 
-  ecg, ppg, abp = (np.concatenate([p[i] for p in parts]) if parts else np.zeros(0)
-                   for i in range(3))
-  lead = np.concatenate([np.full(len(p[0]), p[3], np.int8) for p in parts]) if parts else (
-      np.zeros(0, np.int8))
-  lead[~np.isfinite(ecg)] = -1
-  for role, values, wanted in (('ECG', ecg, names.ecg_leads), ('PPG', ppg, names.ppg_names),
-                               ('ABP', abp, names.abp_names)):
+  joined = lambda name: (np.concatenate([p.get(name, np.full(len(p['ppg']), np.nan))
+                                         for p in parts]) if parts else np.zeros(0))
+  leads = tuple(lead for lead in names.ecg_leads if any(lead in p for p in parts))
+  ecg = np.stack([joined(lead) for lead in leads]) if leads else np.zeros((0, len(joined('ppg'))))
+  for role, values, wanted in (('ECG', ecg, names.ecg_leads), ('PPG', joined('ppg'),
+                                                               names.ppg_names),
+                               ('ABP', joined('abp'), names.abp_names)):
     if not np.isfinite(values).any():
       raise RecordError(f'{path}: missing a required signal: {role} (looked for '
                         f'{", ".join(wanted)})')
   return Record(record=os.path.basename(path), subject=subject_of(path), source='mimic3',
-                ecg=ecg, ppg=ppg, abp=abp, ecg_lead=lead, leads=tuple(leads))
+                ecg=ecg, ppg=joined('ppg'), abp=joined('abp'), leads=leads)
 
 
 def find_records(directory: str) -> list[str]:
@@ -139,13 +136,16 @@ _WRITE_GAINS = {'ecg': 1000.0, 'ppg': 10000.0, 'abp': 100.0}
 
 
 def write_record(record: Record, directory: str) -> str:
-  """Writes a Record as a 125 Hz, 16-bit WFDB record (signals II, PLETH, ABP).
+  """Writes a Record as a 125 Hz, 16-bit WFDB record (its ECG leads, PLETH, ABP).
 
   NaN samples are written as WFDB's missing value. Returns the record path without
   extension (what `read_record` takes).
   """
-  wfdb.wrsamp(record.record, fs=FS, units=['mV', 'NU', 'mmHg'], sig_name=['II', 'PLETH', 'ABP'],
-              p_signal=np.stack([record.ecg, record.ppg, record.abp], axis=1),
-              fmt=['16'] * 3, adc_gain=list(_WRITE_GAINS.values()), baseline=[0] * 3,
+  count = len(record.leads)
+  wfdb.wrsamp(record.record, fs=FS, units=['mV'] * count + ['NU', 'mmHg'],
+              sig_name=[*record.leads, 'PLETH', 'ABP'],
+              p_signal=np.concatenate([record.ecg, [record.ppg, record.abp]]).T,
+              fmt=['16'] * (count + 2), adc_gain=[_WRITE_GAINS['ecg']] * count + [
+                  _WRITE_GAINS['ppg'], _WRITE_GAINS['abp']], baseline=[0] * (count + 2),
               write_dir=directory)
   return os.path.join(directory, record.record)

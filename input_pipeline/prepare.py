@@ -1,9 +1,10 @@
 """A source of records -> accepted windows, their split and a report of what was dropped.
 
 Sources: 'synthetic' (the built-in cohort), 'mimic3' (a folder of WFDB records),
-'vitaldb' (a folder of .vital files). A record that cannot be read is reported by name
-with the reason and skipped; every candidate window is kept in the report with its
-verdict. Accepted windows are held in memory (10 kB each: 100,000 windows take 1 GB).
+'vitaldb' (a folder of .vital files); 'pulsedb' (PulseDB's own files, already windowed)
+streams instead, through input_pipeline/pulsedb_plan.py. A record that cannot be read
+is reported by name with the reason and skipped; every candidate window is kept in the
+report with its verdict. Accepted windows are held in memory (10 kB each: 100,000 windows take 1 GB).
 """
 
 from __future__ import annotations
@@ -18,26 +19,28 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from input_pipeline import mimic3, splits, synthetic, vitaldb_files
+from input_pipeline import mimic3, pulsedb_plan, splits, synthetic, vitaldb_files
 from input_pipeline.records import Record, RecordError
-from input_pipeline.windows import REJECT_REASONS, QualityRules, Window, windows_of
+from input_pipeline.windows import REJECT_REASONS, REPORT_COLUMNS, QualityRules, Window, windows_of
 
-SOURCES = ('synthetic', 'mimic3', 'vitaldb')
-CSV_COLUMNS = ('record', 'subject', 'start_s', 'lead', 'sbp_mmhg', 'dbp_mmhg', 'status', 'split')
+SOURCES = ('synthetic', 'mimic3', 'vitaldb', 'pulsedb')
 
 
 @dataclasses.dataclass(frozen=True)
 class PrepareOptions:
   """Everything that decides which windows a dataset holds."""
   source: str = 'synthetic'
-  input_dir: str | None = None  # folder of records (mimic3, vitaldb)
-  protocol: str = 'subject'  # 'subject' (calibration-free) or 'random' (calibration-based)
+  input_dir: str | None = None  # folder of records (mimic3, vitaldb) or PulseDB files
+  # 'subject' (calibration-free), 'random' (calibration-based) or, for PulseDB's subset
+  # files, 'pulsedb' (the official files' splits)
+  protocol: str = 'subject'
   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, validation, test
   seed: int = 42  # split seed
   cohort: synthetic.CohortConfig = synthetic.CohortConfig()
   channels: mimic3.ChannelNames = mimic3.ChannelNames()
   tracks: vitaldb_files.TrackNames = vitaldb_files.TrackNames()
   rules: QualityRules = QualityRules()
+  pulsedb: pulsedb_plan.PulseDbOptions = pulsedb_plan.PulseDbOptions()
 
 
 @dataclasses.dataclass
@@ -78,8 +81,9 @@ def record_loaders(options: PrepareOptions) -> list[tuple[str, Callable[[], Reco
   if options.source == 'synthetic':
     return [(f'synthetic_{i:04d}', lambda i=i: synthetic.subject(i, options.cohort)[0])
             for i in range(options.cohort.num_subjects)]
-  if options.source not in SOURCES:
-    raise ValueError(f'unknown source {options.source!r}; expected one of {SOURCES}')
+  if options.source not in SOURCES or options.source == 'pulsedb':
+    raise ValueError(f'unknown record source {options.source!r}; expected one of '
+                     f'{SOURCES[:-1]} (PulseDB files are read by pulsedb_plan)')
   if not options.input_dir or not os.path.isdir(options.input_dir):
     raise FileNotFoundError(f'{options.source}: input folder not found: {options.input_dir}')
   if options.source == 'mimic3':
@@ -133,7 +137,7 @@ def write_reports(prepared: Prepared, directory: str) -> tuple[str, str]:
   csv_path = os.path.join(directory, 'windows.csv')
   with open(csv_path, 'w', newline='') as f:
     writer = csv.writer(f)
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(REPORT_COLUMNS)
     for w in prepared.candidates:
       writer.writerow([w.record, w.subject, f'{w.start_s:.3f}', w.lead,
                        f'{w.sbp_mmhg:.3f}', f'{w.dbp_mmhg:.3f}', w.reject or 'accepted',

@@ -28,10 +28,11 @@ class Record:
     subject: subject identifier; windows of one subject never cross a
       subject-independent split.
     source: 'mimic3', 'vitaldb' or 'synthetic'.
-    ecg, ppg, abp: float64 (T,) arrays at 125 Hz; ECG in mV, PPG in device units, ABP in
-      mmHg; NaN where the signal is absent or a gap.
-    ecg_lead: (T,) int8 index into `leads` of the ECG lead at each sample, -1 where none.
-    leads: names of the ECG leads used.
+    ecg: float64 (L, T) at 125 Hz in mV, one row per ECG lead of `leads` (in order of
+      preference; each window uses the first lead that is usable throughout it).
+    ppg, abp: float64 (T,) at 125 Hz; PPG in device units, ABP in mmHg.
+    NaN wherever a signal is absent or has a gap.
+    leads: names of the ECG leads, one per row of `ecg`.
   """
 
   record: str
@@ -40,11 +41,13 @@ class Record:
   ecg: np.ndarray
   ppg: np.ndarray
   abp: np.ndarray
-  ecg_lead: np.ndarray
   leads: tuple[str, ...]
 
   def __post_init__(self):
-    lengths = {len(self.ecg), len(self.ppg), len(self.abp), len(self.ecg_lead)}
+    if self.ecg.ndim != 2 or len(self.ecg) != len(self.leads):
+      raise RecordError(f'{self.record}: ECG of shape {self.ecg.shape} for leads {self.leads}; '
+                        'expected one row per lead')
+    lengths = {self.ecg.shape[1], len(self.ppg), len(self.abp)}
     if len(lengths) != 1:
       raise RecordError(f'{self.record}: signals of different lengths {sorted(lengths)}')
 

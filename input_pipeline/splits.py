@@ -5,6 +5,8 @@
   violation raises `SubjectLeakError`.
 - 'random' (the paper's calibration-based protocol): windows are shuffled and cut
   80/10/10 with seed 42 by default; one subject's windows appear in several splits.
+- 'pulsedb' (PulseDB's subset files only): the official files' splits, see
+  input_pipeline/pulsedb_plan.py.
 Both are deterministic functions of their inputs and seed.
 """
 
@@ -13,7 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 SPLITS = ('train', 'validation', 'test')
-PROTOCOLS = ('subject', 'random')
+PROTOCOLS = ('subject', 'random', 'pulsedb')
+_CALIBRATION_BASED = 'calibration-based: subjects also in training'
+_CALIBRATION_FREE = 'calibration-free: subjects not in training'
 
 
 class SubjectLeakError(AssertionError):
@@ -76,4 +80,21 @@ def make_split(protocol: str, subjects, fractions, seed: int):
     return subject_split(subjects, fractions, seed)
   if protocol == 'random':
     return random_split(len(subjects), fractions, seed)
+  if protocol == 'pulsedb':
+    raise ValueError('protocol pulsedb takes its splits from PulseDB\'s subset files: '
+                     'use it with --source pulsedb')
   raise ValueError(f'unknown split protocol {protocol!r}; expected one of {PROTOCOLS}')
+
+
+def split_kind(protocol: str, split: str) -> str:
+  """What a split of a dataset built with `protocol` measures, for reports."""
+  if split == 'train':
+    return 'training'
+  if split == 'calibration_aami':
+    return 'calibration windows of the AAMI test subjects (not in training)'
+  if protocol == 'random' or split == 'test_calbased':
+    return _CALIBRATION_BASED
+  if protocol in ('subject', 'pulsedb'):
+    return _CALIBRATION_FREE
+  return f'protocol {protocol or "unknown"}'
+

@@ -147,7 +147,7 @@ def subject(index: int, config: CohortConfig) -> tuple[Record, Beats]:
   _add_artifacts(rng, t, ecg, ppg, abp, config.artifact_rate)
   rise = np.diff(abp_feet)
   record = Record(record=f'synthetic_{index:04d}', subject=f's{index:04d}', source='synthetic',
-                  ecg=ecg, ppg=ppg, abp=abp, ecg_lead=np.zeros(n, np.int8), leads=('II',))
+                  ecg=ecg[None], ppg=ppg, abp=abp, leads=('II',))
   return record, Beats(foot_s=abp_feet[:-1], peak_s=abp_feet[:-1] + t_peak * rise,
                        sbp=dbp[:-1] + np.diff(dbp) * t_peak + pp[:-1], dbp=dbp[:-1])
 

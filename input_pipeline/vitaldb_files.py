@@ -62,9 +62,8 @@ def _to_record(vf, name: str, tracks: TrackNames, where: str, all_tracks) -> Rec
     raise RecordError(f'{where}: holds no samples')
   ecg, ppg, abp = (_wave(vf, t, vf.dtstart, seconds) for t in (tracks.ecg, tracks.ppg,
                                                                tracks.abp))
-  lead = np.where(np.isfinite(ecg), 0, -1).astype(np.int8)
-  return Record(record=name, subject=name, source='vitaldb', ecg=ecg, ppg=ppg, abp=abp,
-                ecg_lead=lead, leads=(tracks.lead,))
+  return Record(record=name, subject=name, source='vitaldb', ecg=ecg[None], ppg=ppg, abp=abp,
+                leads=(tracks.lead,))
 
 
 def read_vital(path: str, tracks: TrackNames = TrackNames()) -> Record:

@@ -5,7 +5,8 @@ first sample. A window is accepted only if it passes every rule below, checked i
 order; the first rule it fails is its reject reason:
 
   nan                  a NaN (gap or absent channel) in ECG, PPG or ABP, raw or filtered
-  ecg_lead_change      the ECG lead changes inside the window
+  ecg_lead_change      no ECG lead covers the whole window, though some lead is present at
+                       every sample (the lead changes inside the window)
   flat_line            more than 1 s of constant amplitude in any signal
   clipping             more than 3 consecutive samples equal to the window's max (ECG,
                        PPG, ABP) or min (ECG, ABP). The PPG minimum is exempt: the slow
@@ -18,6 +19,10 @@ order; the first rule it fails is its reject reason:
   ppg_skewness         skewness of the filtered PPG < 0
   ppg_abp_correlation  max Pearson correlation of filtered PPG and ABP over lags
                        within +-1 s < 0.9
+
+With several ECG leads (in order of preference), a window uses the first lead that is
+present throughout it and passes the ECG's own checks (NaN, flat line, clipping); if none
+does, the first lead present throughout it, whose fault is then the verdict.
 
 Labels: SBP = mean raw ABP at the systolic peaks, DBP = mean raw ABP at the feet (mmHg).
 Model inputs: the filtered ECG and PPG, each min-max scaled to [0, 1] per window.
@@ -40,6 +45,9 @@ WINDOW = int(WINDOW_SECONDS * FS)  # 1250 samples
 REJECT_REASONS = ('nan', 'ecg_lead_change', 'flat_line', 'clipping', 'abp_range',
                   'too_few_beats', 'heart_rate', 'sbp_le_dbp', 'ppg_skewness',
                   'ppg_abp_correlation')
+# Columns of windows.csv, the report of every candidate window (any source).
+REPORT_COLUMNS = ('record', 'subject', 'start_s', 'lead', 'sbp_mmhg', 'dbp_mmhg', 'status',
+                  'split')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,13 +144,22 @@ def label_abp(raw_abp: np.ndarray, filtered_abp: np.ndarray):
   return float(raw_abp[peaks].mean()), float(raw_abp[feet].mean()), len(peaks), heart_rate
 
 
-def judge(raw: dict, filtered: dict, lead_ids: np.ndarray, rules: QualityRules):
+def _ecg_fault(raw: np.ndarray, filtered: np.ndarray, rules: QualityRules) -> str:
+  """The first ECG-only rule one lead's window fails ('' if none)."""
+  if not (np.isfinite(raw).all() and np.isfinite(filtered).all()):
+    return 'nan'
+  if _is_flat(raw, rules.flat_seconds):
+    return 'flat_line'
+  if _is_clipped(raw, rules.max_extreme_run):
+    return 'clipping'
+  return ''
+
+
+def judge(raw: dict, filtered: dict, rules: QualityRules):
   """(reject reason or '', SBP, DBP) for one window's raw and filtered signals."""
   nan = np.nan
   if any(not np.isfinite(v).all() for v in (*raw.values(), *filtered.values())):
     return 'nan', nan, nan
-  if len(np.unique(lead_ids)) != 1 or lead_ids[0] < 0:
-    return 'ecg_lead_change', nan, nan
   if any(_is_flat(v, rules.flat_seconds) for v in raw.values()):
     return 'flat_line', nan, nan
   if any(_is_clipped(v, rules.max_extreme_run, check_min=k != 'ppg') for k, v in raw.items()):
@@ -165,18 +182,31 @@ def judge(raw: dict, filtered: dict, lead_ids: np.ndarray, rules: QualityRules):
   return '', sbp, dbp
 
 
+def _choose_lead(raw_ecg: np.ndarray, filtered_ecg: np.ndarray, rules: QualityRules):
+  """Row of the lead a window uses (see the module doc), or None when no lead is present
+  throughout the window. raw_ecg, filtered_ecg: (L, 1250)."""
+  present = [k for k in range(len(raw_ecg)) if np.isfinite(raw_ecg[k]).all()]
+  return next((k for k in present if not _ecg_fault(raw_ecg[k], filtered_ecg[k], rules)),
+              present[0] if present else None)
+
+
 def windows_of(record: Record, rules: QualityRules = QualityRules()) -> Iterator[Window]:
   """Every non-overlapping 10-s window of `record`, accepted or not, in time order."""
-  filtered = {'ecg': beats.filter_ecg(record.ecg), 'ppg': beats.filter_pulse(record.ppg),
-              'abp': beats.filter_pulse(record.abp)}
-  raw = {'ecg': record.ecg, 'ppg': record.ppg, 'abp': record.abp}
+  ecg = np.stack([beats.filter_ecg(lead) for lead in record.ecg])  # (L, T)
+  filtered = {'ppg': beats.filter_pulse(record.ppg), 'abp': beats.filter_pulse(record.abp)}
+  raw = {'ppg': record.ppg, 'abp': record.abp}
   for start in range(0, record.num_samples - WINDOW + 1, WINDOW):
     part = slice(start, start + WINDOW)
-    lead_ids = record.ecg_lead[part]
-    reject, sbp, dbp = judge({k: v[part] for k, v in raw.items()},
-                             {k: v[part] for k, v in filtered.items()}, lead_ids, rules)
-    lead = record.leads[lead_ids[0]] if lead_ids[0] >= 0 and reject != 'ecg_lead_change' else ''
-    inputs = (filtered['ecg'][part], filtered['ppg'][part])
+    k = _choose_lead(record.ecg[:, part], ecg[:, part], rules)
+    row = 0 if k is None else k
+    reject, sbp, dbp = judge({'ecg': record.ecg[row, part], **{n: v[part] for n, v in raw.items()}},
+                             {'ecg': ecg[row, part], **{n: v[part] for n, v in filtered.items()}},
+                             rules)
+    if k is None and reject == 'nan' and np.isfinite(record.ecg[:, part]).any(0).all() and all(
+        np.isfinite(v[part]).all() for v in (*raw.values(), *filtered.values())):
+      reject = 'ecg_lead_change'
+    lead = record.leads[k] if k is not None else ''
+    inputs = (ecg[row, part], filtered['ppg'][part])
     signals = (np.stack([_minmax(x) for x in inputs])
                if all(np.isfinite(x).all() for x in inputs) else None)
     yield Window(record=record.record, subject=record.subject, source=record.source,

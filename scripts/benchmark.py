@@ -13,14 +13,21 @@
   train  For each size: train step time and windows/s at --batch (Adam, drop path 0.2,
          --dtype), the step's FLOPs from XLA's cost analysis, and model FLOPs
          utilisation against this machine's measured peak (a 4096^2 matmul in --dtype).
+  pulsedb  For each --pulsedb_gb: writes a PulseDB Train_Subset.mat of that size (MATLAB
+         v7.3, float64 (1250, 3, N) signals) and imports it with scripts/prepare_data.py's
+         code in a fresh process (random protocol): windows/s of the checks pass and of
+         the whole import, and the process's peak resident memory (flat in the file
+         size when reading is bounded by the block).
 
 --json prints one JSON object instead of the table. Run on an idle machine.
 """
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import platform
+import resource
 import statistics
 import tempfile
 import time
@@ -34,7 +41,8 @@ from absl import flags
 from cerebro_jax import cli, model as model_lib, optim, quantization, sharding, train
 from cerebro_jax.model_config import ATTENTION_TYPES, SIZES, ModelConfig
 from configs import default
-from input_pipeline import mimic3, pipeline, prepare, synthetic, tfds_builders
+from input_pipeline import (mimic3, pipeline, prepare, pulsedb_plan, pulsedb_writer, synthetic,
+                            tfds_builders)
 
 _SIZES = flags.DEFINE_multi_enum('sizes', list(SIZES), list(SIZES), 'Model sizes to measure.')
 _BATCH = flags.DEFINE_integer('batch', 256, 'Batch for throughput and memory.', lower_bound=1)
@@ -47,6 +55,9 @@ _SUBJECTS = flags.DEFINE_integer('subjects', 8, 'data: synthetic subjects (10 mi
                                  lower_bound=1)
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
                            'train: compute dtype of the model and the peak matmul.')
+_PULSEDB_GB = flags.DEFINE_list('pulsedb_gb', ['0.5', '3'], 'pulsedb: subset file sizes (GB).')
+_PULSEDB_DIR = flags.DEFINE_string('pulsedb_dir', '', 'pulsedb: folder for the files (default '
+                                   'a temporary one; needs about twice the largest size).')
 _JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
 
 SAMPLES = 1250
@@ -134,7 +145,7 @@ def bench_data():
     seconds = time.perf_counter() - start
     rows.append({'stage': 'WFDB records: read + window + label',
                  'rate': len(from_files.candidates) / seconds, 'unit': 'windows/s'})
-    tfds_builders.build(options, os.path.join(tmp, 'tfds'), prepared)
+    tfds_builders.build(options, os.path.join(tmp, 'tfds'), prepared=prepared)
     batches = pipeline.train_batches(pipeline.load_builder(os.path.join(tmp, 'tfds')),
                                      _BATCH.value, seed=0)
     next(batches)
@@ -144,6 +155,49 @@ def bench_data():
       next(batches)
     rows.append({'stage': f'tf.data train batches of {_BATCH.value}',
                  'rate': count / (time.perf_counter() - start), 'unit': 'batches/s'})
+  return rows
+
+
+def _import_pulsedb(input_dir: str, output_dir: str, queue) -> None:
+  """In a fresh process: the PulseDB import, timed, with this process's peak memory."""
+  start = time.perf_counter()
+  plan = pulsedb_plan.plan(input_dir, 'random', (0.8, 0.1, 0.1), 42, progress=False)
+  checked = time.perf_counter() - start
+  options = prepare.PrepareOptions(source='pulsedb', input_dir=input_dir, protocol='random')
+  tfds_builders.build(options, output_dir, plan=plan)
+  queue.put({'check_s': checked, 'total_s': time.perf_counter() - start,
+             'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def bench_pulsedb():
+  rows = []
+  rng = np.random.default_rng(0)
+  with tempfile.TemporaryDirectory(dir=_PULSEDB_DIR.value or None) as tmp:
+    for gb in map(float, _PULSEDB_GB.value):
+      count = int(gb * 1e9 / (3 * SAMPLES * 8))
+      folder = os.path.join(tmp, f'{gb}gb')
+      os.makedirs(folder)
+      path = os.path.join(folder, 'Train_Subset.mat')
+      block = 2048
+      base = rng.normal(size=(block, 3, SAMPLES))
+      keys = [f'p{i // 100:06d}_{i // 100 % 2}' for i in range(count)]
+      start = time.perf_counter()
+      pulsedb_writer.write_subset(
+          path, (base[:min(block, count - a)] + a for a in range(0, count, block)), count,
+          rng.uniform(100, 160, count), rng.uniform(50, 90, count), keys, compression=None)
+      written = time.perf_counter() - start
+      context = multiprocessing.get_context('spawn')
+      queue = context.Queue()
+      child = context.Process(target=_import_pulsedb,
+                              args=(folder, os.path.join(tmp, f'out_{gb}'), queue))
+      child.start()
+      result = queue.get()
+      child.join()
+      rows.append({'file_gb': os.path.getsize(path) / 1e9, 'segments': count,
+                   'write_s': written, 'check_windows_per_s': count / result['check_s'],
+                   'import_windows_per_s': count / result['total_s'],
+                   'peak_rss_mib': result['peak_rss_mib']})
+      os.remove(path)
   return rows
 
 
@@ -213,12 +267,13 @@ def print_table(rows):
   keys = list(rows[0])
   print('  '.join(f'{k:>16s}' for k in keys))
   for row in rows:
-    print('  '.join(f'{v:>16.2f}' if isinstance(v, float) else f'{v:>16s}' for v in row.values()))
+    print('  '.join(f'{v:>16.2f}' if isinstance(v, float) else f'{v!s:>16s}'
+                    for v in row.values()))
 
 
 def main(argv):
   benchmarks = {'model': bench_model, 'data': bench_data, 'quant': bench_quant,
-                'train': bench_train}
+                'train': bench_train, 'pulsedb': bench_pulsedb}
   if len(argv) != 2 or argv[1] not in benchmarks:
     raise SystemExit(f'usage: benchmark.py {{{",".join(benchmarks)}}} [--json] [flags]')
   rows = benchmarks[argv[1]]()

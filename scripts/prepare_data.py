@@ -3,6 +3,12 @@
   python scripts/prepare_data.py --source synthetic --output data/synthetic
   python scripts/prepare_data.py --source mimic3 --input mimic3wdb/ --output data/mimic3
   python scripts/prepare_data.py --source vitaldb --input vital_files/ --output data/vitaldb
+  python scripts/prepare_data.py --source pulsedb --input PulseDB/ --output data/pulsedb \
+      --protocol pulsedb
+
+--source pulsedb reads PulseDB's subset files (*_Subset.mat), its segment files
+(PulseDB_MIMIC/, PulseDB_Vital/) or the paper's CSV export (MIMIC*.csv, Vital*.csv),
+recognised from the file names; the segments are kept as PulseDB made them.
 
 Writes into --output: the TFDS dataset (<builder>/<config>/<version>/), summary.json
 (records read and failed, windows kept, rejects by reason, subjects and windows per
@@ -17,20 +23,33 @@ import sys
 from absl import flags
 
 from cerebro_jax import cli
-from input_pipeline import mimic3, prepare, splits, synthetic, tfds_builders, vitaldb_files
+from input_pipeline import (mimic3, prepare, pulsedb, pulsedb_plan, splits, synthetic,
+                            tfds_builders, vitaldb_files)
 
 _SOURCE = flags.DEFINE_enum('source', 'synthetic', prepare.SOURCES, 'Where the records come from.')
 _INPUT = flags.DEFINE_string('input', None, 'Folder of records (WFDB for mimic3, .vital for '
-                             'vitaldb), searched recursively. Not used for synthetic.')
+                             'vitaldb) or of PulseDB files (pulsedb; a single file too), '
+                             'searched recursively. Not used for synthetic.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Folder for the dataset and the reports.',
                               required=True)
 _PROTOCOL = flags.DEFINE_enum('protocol', 'subject', splits.PROTOCOLS,
                               'subject: disjoint subjects per split (calibration-free); '
-                              'random: random windows, the paper\'s calibration-based split.')
+                              'random: random windows, the paper\'s calibration-based split; '
+                              'pulsedb: PulseDB\'s official subset files (train, validation '
+                              'carved out of Train by subject, test_calbased, test_calfree, '
+                              'test_aami, calibration_aami).')
 _FRACTIONS = flags.DEFINE_list('fractions', ['0.8', '0.1', '0.1'],
                                'Train, validation, test fractions (of subjects for the '
                                'subject protocol, of windows for random).')
 _SEED = flags.DEFINE_integer('seed', 42, 'Split seed.')
+_PULSEDB_SOURCES = flags.DEFINE_multi_enum(
+    'pulsedb_sources', list(pulsedb.SOURCES), pulsedb.SOURCES,
+    'PulseDB: keep the segments of these sources (subject keys ending in _0 for MIMIC-III, '
+    '_1 for VitalDB); repeat the flag or give mimic,vitaldb.')
+_VALIDATION_FRACTION = flags.DEFINE_float(
+    'validation_fraction', pulsedb_plan.PulseDbOptions.validation_fraction,
+    'PulseDB, protocol pulsedb: share of Train_Subset\'s subjects carved out as the '
+    'validation split (whole subjects, seeded by --seed).', lower_bound=0.0, upper_bound=0.9)
 _SUBJECTS = flags.DEFINE_integer('subjects', 48, 'Synthetic cohort: number of subjects.',
                                  lower_bound=1)
 _MINUTES = flags.DEFINE_float('minutes', 6.0, 'Synthetic cohort: minutes per subject.',
@@ -57,11 +76,15 @@ def options_from_flags() -> prepare.PrepareOptions:
                                     minutes_per_subject=_MINUTES.value, seed=_COHORT_SEED.value),
       channels=mimic3.ChannelNames(tuple(_ECG_LEADS.value), tuple(_PPG_NAMES.value),
                                    tuple(_ABP_NAMES.value)),
-      tracks=vitaldb_files.TrackNames(_ECG_TRACK.value, _PPG_TRACK.value, _ABP_TRACK.value))
+      tracks=vitaldb_files.TrackNames(_ECG_TRACK.value, _PPG_TRACK.value, _ABP_TRACK.value),
+      pulsedb=pulsedb_plan.PulseDbOptions(
+          sources=tuple(s for s in pulsedb.SOURCES if s in _PULSEDB_SOURCES.value),
+          validation_fraction=_VALIDATION_FRACTION.value))
 
 
 def print_summary(summary: dict) -> None:
-  print(f"records read: {summary['records_read']}, failed: {summary['records_failed']}")
+  unit = 'files' if summary['source'] == 'pulsedb' else 'records'
+  print(f"{unit} read: {summary['records_read']}, failed: {summary['records_failed']}")
   for failure in summary['failures']:
     print(f"  skipped {failure['record']}: {failure['reason']}")
   print(f"windows: {summary['candidate_windows']} candidates, {summary['windows_kept']} kept")
@@ -70,6 +93,21 @@ def print_summary(summary: dict) -> None:
       print(f'  rejected {reason}: {count}')
   for name, split in summary['splits'].items():
     print(f"  {name}: {split['windows']} windows from {split['subjects']} subjects")
+
+
+def failure_hint(summary: dict) -> str:
+  """The unreadable records and why, and what to try, for the final error message."""
+  failures = summary['failures']
+  if not failures:
+    return ''
+  text = f"\n{len(failures)} of {len(failures) + summary['records_read']} input(s) could not " \
+         'be used:\n' + '\n'.join(f"  {f['record']}: {f['reason']}" for f in failures[:10])
+  if len(failures) > 10:
+    text += f'\n  ... and {len(failures) - 10} more (summary.json lists all)'
+  if any('required signal: ECG' in f['reason'] for f in failures):
+    text += ('\nrecords without the ECG lead looked for: add fallback leads in order of '
+             'preference, e.g. --ecg_leads=II,I,III,V')
+  return text
 
 
 def main(argv):
@@ -85,10 +123,12 @@ def main(argv):
   except (FileNotFoundError, FileExistsError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  print_summary(prepared.summary())
+  summary = prepared.summary()
+  print_summary(summary)
   reports = ', '.join(os.path.join(_OUTPUT.value, f) for f in ('summary.json', 'windows.csv'))
   if dataset_dir is None:
-    print(f'error: no window passed the quality checks; see {reports}', file=sys.stderr)
+    print(f'error: no window passed the quality checks; see {reports}{failure_hint(summary)}',
+          file=sys.stderr)
     return 1
   print(f'dataset: {dataset_dir}')
   print(f'report: {reports}')

@@ -26,7 +26,8 @@ _ACTIVATIONS = flags.DEFINE_enum('activations', 'tensor', ['tensor', 'token'],
                                  'Dynamic activation scale per tensor (PyTorch\'s dynamic '
                                  'quantization) or per token.')
 _EVAL_DATA = flags.DEFINE_string('eval_data', '', 'Prepared dataset to compare accuracy on.')
-_SPLIT = flags.DEFINE_string('split', 'test', 'Split of --eval_data to compare on.')
+_SPLIT = flags.DEFINE_string('split', '', 'Split of --eval_data to compare on (default: its '
+                             'test split; test_calbased first for PulseDB\'s official files).')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 256, 'Evaluation batch.', lower_bound=1)
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace --output if it exists.')
 

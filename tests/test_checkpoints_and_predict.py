@@ -127,12 +127,12 @@ def test_convert_weights_command(tmp_path):
   assert not (tmp_path / 'out2').exists()
 
 
-def test_predict_command_on_records(saved_model, tmp_path, shared_real):
+def test_predict_command_on_records(saved_model, tmp_path, real_data):
   """One row per 10-s window, with the quality verdict; the same numbers as predicting
   the accepted windows' arrays directly."""
   path, params, config = saved_model
   out = tmp_path / 'record.csv'
-  record = shared_real / 'derived' / 'mixedsignals_125hz.vital'
+  record = real_data / 'derived' / 'mixedsignals_125hz.vital'
   result = run('-m', 'cerebro_jax.predict', f'--checkpoint={path}', f'--record={record}',
                f'--output={out}')
   assert result.returncode == 0, result.stderr

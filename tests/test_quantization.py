@@ -123,7 +123,7 @@ def test_sizes_add_up_and_match_the_paper(model):
   assert sizes['ratio'] > 3.5
 
 
-def test_quantized_model_predicts_real_windows_close_to_float(model, shared_real, tmp_path):
+def test_quantized_model_predicts_real_windows_close_to_float(model, real_data, tmp_path):
   params, _ = model
   float_dir = checkpoints.save_model(tmp_path / 'float', params, SMALL)
   result = subprocess.run(
@@ -134,7 +134,7 @@ def test_quantized_model_predicts_real_windows_close_to_float(model, shared_real
   assert '**13.69 MiB**' in result.stdout and 'INT8 model:' in result.stdout
   sizes = json.loads((tmp_path / 'int8' / 'sizes.json').read_text())
   assert 3.5 < sizes['int8_mib'] < 3.9
-  record = str(shared_real / 'derived' / 'mixedsignals_125hz.vital')
+  record = str(real_data / 'derived' / 'mixedsignals_125hz.vital')
   rows = {}
   for name in ('float', 'int8'):
     out = tmp_path / f'{name}.csv'
@@ -158,7 +158,8 @@ def test_quantize_command_compares_accuracy_and_refuses_bad_input(model, tmp_pat
   params, qparams = model
   options = prepare.PrepareOptions(cohort=synthetic.CohortConfig(num_subjects=5,
                                                                  minutes_per_subject=1))
-  tfds_builders.build(options, str(tmp_path / 'data'), prepare.prepare(options, progress=False))
+  tfds_builders.build(options, str(tmp_path / 'data'),
+                      prepared=prepare.prepare(options, progress=False))
   float_dir = checkpoints.save_model(tmp_path / 'float', params, SMALL)
   command = [sys.executable, 'scripts/quantize.py', f'--checkpoint={float_dir}',
              f'--output={tmp_path / "int8"}', f'--eval_data={tmp_path / "data"}',

@@ -49,7 +49,7 @@ def _write(directory, name, signals: dict, fs=FS):
 
 def test_single_segment_record_round_trip(tmp_path, clean):
   record, labels = clean
-  path = _write(tmp_path, 'p000123-rec', {'II': record.ecg, 'PLETH': record.ppg,
+  path = _write(tmp_path, 'p000123-rec', {'II': record.ecg[0], 'PLETH': record.ppg,
                                           'ABP': record.abp})
   read = mimic3.read_record(path)
   assert read.subject == 'p000123' and read.leads == ('II',) and read.source == 'mimic3'
@@ -59,7 +59,7 @@ def test_single_segment_record_round_trip(tmp_path, clean):
 
 def test_multi_rate_record_is_resampled_per_channel(tmp_path, clean):
   record, labels = clean
-  ecg_250 = signal.resample_poly(record.ecg, 2, 1)
+  ecg_250 = signal.resample_poly(record.ecg[0], 2, 1)
   abp_500 = signal.resample_poly(record.abp, 4, 1)
   names = ['II', 'Pleth', 'ABP']
   wfdb.wrsamp('multirate', fs=FS, units=[UNIT[s] for s in names], sig_name=names,
@@ -84,11 +84,11 @@ def test_multi_segment_record_with_gap_and_changing_channels(tmp_path, clean):
   record, _ = clean
   n = 30 * FS  # 30-s segments
   a = slice(0, n)
-  _write(tmp_path, 'seg_a', {'II': record.ecg[a], 'PLETH': record.ppg[a], 'ABP': record.abp[a]})
+  _write(tmp_path, 'seg_a', {'II': record.ecg[0, a], 'PLETH': record.ppg[a], 'ABP': record.abp[a]})
   b = slice(2 * n, 3 * n)
-  _write(tmp_path, 'seg_b', {'II': record.ecg[b], 'PLETH': record.ppg[b]})  # no ABP here
+  _write(tmp_path, 'seg_b', {'II': record.ecg[0, b], 'PLETH': record.ppg[b]})  # no ABP here
   c = slice(3 * n, 4 * n)
-  _write(tmp_path, 'seg_c', {'V': record.ecg[c], 'PLETH': record.ppg[c], 'ABP': record.abp[c]})
+  _write(tmp_path, 'seg_c', {'V': record.ecg[0, c], 'PLETH': record.ppg[c], 'ABP': record.abp[c]})
   path = _master_header(tmp_path, 'p000042-multi', [('seg_a', n), ('~', n), ('seg_b', n),
                                                     ('seg_c', n)])
   assert mimic3.find_records(str(tmp_path)) == [path]
@@ -104,14 +104,14 @@ def test_multi_segment_record_with_gap_and_changing_channels(tmp_path, clean):
 
   # With lead II only, the last segment has no ECG: its windows are NaN, not lead V.
   only_ii = mimic3.read_record(path)
-  assert np.isnan(only_ii.ecg[c]).all() and only_ii.leads == ('II',)
+  assert np.isnan(only_ii.ecg[0, c]).all() and only_ii.leads == ('II',)
 
 
 def test_nan_gaps_reject_only_their_windows(tmp_path, clean):
   record, labels = clean
   ppg = record.ppg.copy()
   ppg[25 * FS:27 * FS] = np.nan
-  read = mimic3.read_record(_write(tmp_path, 'gappy', {'II': record.ecg, 'PLETH': ppg,
+  read = mimic3.read_record(_write(tmp_path, 'gappy', {'II': record.ecg[0], 'PLETH': ppg,
                                                        'ABP': record.abp}))
   verdicts = {w.start_s: w.reject for w in windows_of(read)}
   assert verdicts[20.0] == 'nan'
@@ -122,7 +122,7 @@ def test_nan_gaps_reject_only_their_windows(tmp_path, clean):
 @pytest.mark.parametrize('absent,role', [('ABP', 'ABP'), ('PLETH', 'PPG'), ('II', 'ECG')])
 def test_missing_required_signal_is_named(tmp_path, clean, absent, role):
   record, _ = clean
-  signals = {'II': record.ecg, 'PLETH': record.ppg, 'ABP': record.abp}
+  signals = {'II': record.ecg[0], 'PLETH': record.ppg, 'ABP': record.abp}
   del signals[absent]
   path = _write(tmp_path, 'partial', signals)
   with pytest.raises(RecordError, match=f'partial: missing a required signal: {role}'):
@@ -131,7 +131,7 @@ def test_missing_required_signal_is_named(tmp_path, clean, absent, role):
 
 def test_truncated_and_corrupt_records_are_named(tmp_path, clean):
   record, _ = clean
-  path = _write(tmp_path, 'truncated', {'II': record.ecg, 'PLETH': record.ppg,
+  path = _write(tmp_path, 'truncated', {'II': record.ecg[0], 'PLETH': record.ppg,
                                         'ABP': record.abp})
   data = (tmp_path / 'truncated.dat').read_bytes()
   (tmp_path / 'truncated.dat').write_bytes(data[:len(data) // 3])
@@ -144,8 +144,8 @@ def test_truncated_and_corrupt_records_are_named(tmp_path, clean):
 
 def test_prepare_skips_bad_records_and_goes_on(tmp_path, clean):
   record, labels = clean
-  _write(tmp_path, 'good', {'II': record.ecg, 'PLETH': record.ppg, 'ABP': record.abp})
-  _write(tmp_path, 'no_abp', {'II': record.ecg, 'PLETH': record.ppg})
+  _write(tmp_path, 'good', {'II': record.ecg[0], 'PLETH': record.ppg, 'ABP': record.abp})
+  _write(tmp_path, 'no_abp', {'II': record.ecg[0], 'PLETH': record.ppg})
   prepared = prepare.prepare(prepare.PrepareOptions(source='mimic3', input_dir=str(tmp_path),
                                                     protocol='random'), progress=False)
   assert prepared.records_read == 1 and len(prepared.sbp) == len(labels)
@@ -156,7 +156,7 @@ def test_prepare_skips_bad_records_and_goes_on(tmp_path, clean):
 def _write_vital(path, record, fs=500, names=('SNUADC/ECG_II', 'SNUADC/PLETH', 'SNUADC/ART'),
                  gap=None):
   vf = vitaldb.VitalFile()
-  for name, values in zip(names, (record.ecg, record.ppg, record.abp)):
+  for name, values in zip(names, (record.ecg[0], record.ppg, record.abp)):
     wave = signal.resample_poly(values, fs // FS, 1)
     start = 1_700_000_000.0
     if gap is None:

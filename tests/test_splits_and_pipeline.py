@@ -2,6 +2,7 @@
 
 import collections
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from input_pipeline import pipeline, prepare, splits, synthetic, tfds_builders
+from input_pipeline import (mimic3, pipeline, prepare, splits, synthetic, tfds_builders,
+                            windows)
 
 
 def test_subject_split_keeps_subjects_apart():
@@ -56,7 +58,7 @@ def dataset(tmp_path_factory):
                                                                  minutes_per_subject=1))
   prepared = prepare.prepare(options, progress=False)
   data_dir = tmp_path_factory.mktemp('data')
-  tfds_builders.build(options, str(data_dir), prepared)
+  tfds_builders.build(options, str(data_dir), prepared=prepared)
   return pipeline.load_builder(str(data_dir)), prepared
 
 
@@ -118,7 +120,7 @@ def test_prepare_data_command_writes_dataset_and_reports(tmp_path):
   assert f"windows: 30 candidates, {summary['windows_kept']} kept" in result.stdout
   with open(out / 'windows.csv') as f:
     rows = list(csv.DictReader(f))
-  assert len(rows) == 30 and set(rows[0]) == set(prepare.CSV_COLUMNS)
+  assert len(rows) == 30 and set(rows[0]) == set(windows.REPORT_COLUMNS)
   assert sum(r['status'] == 'accepted' for r in rows) == summary['windows_kept']
   assert all((r['split'] != '') == (r['status'] == 'accepted') for r in rows)
   builder = pipeline.load_builder(str(out))
@@ -139,3 +141,21 @@ def test_prepare_data_command_reports_bad_records(tmp_path):
   result = run_prepare('--source=vitaldb', f'--input={tmp_path / "nowhere"}',
                        f'--output={tmp_path / "out2"}')
   assert result.returncode == 1 and 'input folder not found' in result.stderr
+
+
+def test_no_window_message_names_the_records_and_suggests_fallback_leads(tmp_path):
+  record, _ = synthetic.subject(0, synthetic.CohortConfig(minutes_per_subject=0.5))
+  (tmp_path / 'in').mkdir()
+  lead_v = dataclasses.replace(record, record='p000077-v_only', leads=('V',))
+  mimic3.write_record(lead_v, str(tmp_path / 'in'))
+  result = run_prepare('--source=mimic3', f'--input={tmp_path / "in"}',
+                       f'--output={tmp_path / "out"}')
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert 'no window passed the quality checks' in result.stderr
+  assert '1 of 1 input(s) could not be used' in result.stderr
+  assert 'p000077-v_only: missing a required signal: ECG (looked for II)' in result.stderr
+  assert '--ecg_leads=II,I,III,V' in result.stderr
+  again = prepare.prepare(prepare.PrepareOptions(
+      source='mimic3', input_dir=str(tmp_path / 'in'),
+      channels=mimic3.ChannelNames(ecg_leads=('II', 'V'))), progress=False)
+  assert len(again.sbp) > 0 and set(again.lead) == {'V'}

@@ -218,13 +218,14 @@ def test_configs():
                          model_lib.init_params(TINY, jax.random.PRNGKey(0)))
 
 
-def test_paper_recipe_runs_on_prepared_real_data(shared_real, tmp_path):
+def test_paper_recipe_runs_on_prepared_real_data(real_data, tmp_path):
   """configs/paper.py on a MIMIC-style dataset prepared from the real recording, frozen
   fine-tuning from a model directory; only the sizes are shrunk to fit 44 windows."""
   from input_pipeline import prepare, tfds_builders  # pylint: disable=import-outside-toplevel
-  options = prepare.PrepareOptions(source='mimic3', input_dir=str(shared_real),
+  options = prepare.PrepareOptions(source='mimic3', input_dir=str(real_data),
                                    protocol='random')
-  tfds_builders.build(options, str(tmp_path / 'data'), prepare.prepare(options, progress=False))
+  tfds_builders.build(options, str(tmp_path / 'data'),
+                      prepared=prepare.prepare(options, progress=False))
   model_config = ModelConfig.from_size('small', depth=2)
   checkpoints.save_model(tmp_path / 'pretrained', model_lib.init_params(
       model_config, jax.random.PRNGKey(0)), model_config)

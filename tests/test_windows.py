@@ -58,13 +58,15 @@ def test_each_quality_rule_rejects_its_artifact(subject, edit, reason):
   record, _ = subject
   window = slice(2 * WINDOW, 3 * WINDOW)
   assert _verdict(record) == ''
-  r = _edited(record, ecg=record.ecg, ppg=record.ppg, abp=record.abp, ecg_lead=record.ecg_lead)
+  r = _edited(record, ecg=record.ecg, ppg=record.ppg, abp=record.abp)
   noise = np.random.default_rng(0).normal(0, 0.3, WINDOW)
   if edit == 'gap':
     r.abp[window.start + 100:window.start + 110] = np.nan
-  elif edit == 'lead':
-    r.ecg_lead[window.start + 600:window.stop] = 1
-    r = dataclasses.replace(r, leads=('II', 'V'))
+  elif edit == 'lead':  # lead II for the first 600 samples, then lead V
+    second = r.ecg.copy()
+    r.ecg[0, window.start + 600:window.stop] = np.nan
+    second[0, window.start:window.start + 600] = np.nan
+    r = dataclasses.replace(r, ecg=np.concatenate([r.ecg, second]), leads=('II', 'V'))
   elif edit == 'flat':
     r.ppg[window.start + 200:window.start + 400] = r.ppg[window.start + 200]
   elif edit == 'clip':
@@ -133,11 +135,11 @@ def test_bp_is_learnable_and_seen_subjects_are_easier():
 
 
 @pytest.fixture(scope='module')
-def real_forms(shared_real):
+def real_forms(real_data):
   return {
-      'wfdb multi-rate': mimic3.read_record(str(shared_real / 'mixedsignals' / 'mixedsignals')),
-      'wfdb 125 Hz': mimic3.read_record(str(shared_real / 'derived' / 'mixedsignals_125hz')),
-      'vital': vitaldb_files.read_vital(str(shared_real / 'derived' /
+      'wfdb multi-rate': mimic3.read_record(str(real_data / 'mixedsignals' / 'mixedsignals')),
+      'wfdb 125 Hz': mimic3.read_record(str(real_data / 'derived' / 'mixedsignals_125hz')),
+      'vital': vitaldb_files.read_vital(str(real_data / 'derived' /
                                             'mixedsignals_125hz.vital')),
   }
 
@@ -159,6 +161,25 @@ def test_real_recording_windows_and_labels(real_forms):
     assert set(got) == set(reference), form
     diff = np.array([np.subtract(got[s], reference[s]) for s in reference])
     assert np.abs(diff).max() < 1.0, form
+
+
+def test_each_window_uses_the_first_listed_lead_that_passes_the_ecg_checks(real_data):
+  """The real record has leads II and III. A window whose lead II is unusable (a flat
+  stretch here, NaN there) uses lead III instead of being lost; the lead is recorded."""
+  path = str(real_data / 'mixedsignals' / 'mixedsignals')
+  record = mimic3.read_record(path, mimic3.ChannelNames(ecg_leads=('II', 'III')))
+  assert record.leads == ('II', 'III') and record.ecg.shape == (2, record.num_samples)
+  assert np.nanmax(np.abs(record.ecg[0] - record.ecg[1])) > 0.1  # two different leads
+  flat, gap = slice(5 * WINDOW + 200, 5 * WINDOW + 400), slice(8 * WINDOW + 10, 8 * WINDOW + 20)
+  record.ecg[0, flat] = record.ecg[0, flat.start]
+  record.ecg[0, gap] = np.nan
+  windows = list(windows_of(record))
+  assert (windows[5].reject, windows[5].lead) == ('', 'III')
+  assert (windows[8].reject, windows[8].lead) == ('', 'III')
+  assert {w.lead for i, w in enumerate(windows) if w.accepted and i not in (5, 8)} == {'II'}
+  only_ii = dataclasses.replace(record, ecg=record.ecg[:1], leads=('II',))
+  verdicts = [w.reject for w in windows_of(only_ii)]
+  assert verdicts[5] == 'flat_line' and verdicts[8] == 'nan'
 
 
 def _lagged_correlation_by_definition(a, b, max_lag):
