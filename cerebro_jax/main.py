@@ -8,10 +8,10 @@ r"""Trains and evaluates CEReBrO BP models: flags only; the logic is in train.py
 Any config field can be overridden on the command line, e.g. --config.num_epochs=5.
 """
 
+import sys
+
 from absl import flags
 from ml_collections import config_flags
-
-import sys
 
 from cerebro_jax import cli, datasets, evaluation, report, train
 from input_pipeline import pipeline

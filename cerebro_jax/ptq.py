@@ -72,6 +72,7 @@ def quantize_checkpoint(checkpoint: str, output: str, *, weights: str = 'channel
   builder = pipeline.load_builder(eval_data)
   train_means = datasets.split_means(builder)
   split = split or datasets.test_split(builder)
+  protocol = datasets.protocol(builder)
   mesh = sharding.data_mesh()
   variants = {'float32': (params, QuantSpec()),
               'int8_weights': (qparams, QuantSpec('int8_weights', weights=weights)),
@@ -80,8 +81,7 @@ def quantize_checkpoint(checkpoint: str, output: str, *, weights: str = 'channel
   for name, (tree, variant_spec) in variants.items():
     out = evaluation.predict_split(jax.device_put(tree, sharding.replicated(mesh)),
                                    model_config, builder, split, batch_size, mesh, variant_spec)
-    reports[name] = {split: evaluation.split_report(out, train_means,
-                                                    datasets.protocol(builder), split)}
+    reports[name] = {split: evaluation.split_report(out, train_means, protocol, split)}
   with open(os.path.join(output, 'metrics.json'), 'w') as f:
     json.dump(reports, f, indent=2)
   result['reports'] = reports

@@ -181,9 +181,9 @@ def _subset_blocks(pf: PulseFile, rows: np.ndarray, subjects: np.ndarray,
     signals = _signals_dataset(group, count, pf.path)
     labels = {n: matlab_v73.read_column(group[n], count, f'{pf.path}: Subset.{n}')
               for n in ('SBP', 'DBP')}
-    extras = {k: (matlab_v73.read_column(group[m], count, f'{pf.path}: Subset.{m}')
-                  if m in group and not matlab_v73.is_empty(group[m]) else np.full(count, np.nan))
-              for k, m in _MATLAB_NAMES.items() if k != 'gender'}
+    numeric = {k: (matlab_v73.read_column(group[m], count, f'{pf.path}: Subset.{m}')
+                   if m in group and not matlab_v73.is_empty(group[m]) else np.full(count, np.nan))
+               for k, m in _MATLAB_NAMES.items() if k != 'gender'}
     gender_refs = (np.asarray(group['Gender'][()]).ravel()
                    if extras and 'Gender' in group else None)
     for start in range(0, count, block_size):
@@ -198,7 +198,7 @@ def _subset_blocks(pf: PulseFile, rows: np.ndarray, subjects: np.ndarray,
       yield Block(file=pf, rows=wanted, signals=part, sbp=labels['SBP'][wanted],
                   dbp=labels['DBP'][wanted], subject=subjects[wanted],
                   empty=np.zeros(len(wanted), bool),
-                  extras={**{k: v[wanted] for k, v in extras.items()},
+                  extras={**{k: v[wanted] for k, v in numeric.items()},
                           'gender': np.array(gender, dtype=str)})
 
 

@@ -16,8 +16,6 @@ import numpy as np
 from input_pipeline import matlab_v73, prepare
 from input_pipeline.pulsedb import SAMPLES
 
-_DEMOGRAPHICS = ('Age', 'Height', 'Weight', 'BMI')
-
 
 def write_subset(path: str, blocks: Iterable[np.ndarray], count: int, sbp, dbp, subjects,
                  age=None, gender=None, height=None, weight=None, bmi=None,
@@ -26,18 +24,17 @@ def write_subset(path: str, blocks: Iterable[np.ndarray], count: int, sbp, dbp, 
   (written as they come: the file may be larger than memory); the other fields are
   (count,) arrays (subjects: 'pXXXXXX_S' keys, gender 'M'/'F'). Height, weight and BMI
   are left out when None (files from before 2022-12)."""
-  columns = {'SBP': sbp, 'DBP': dbp, 'Age': age if age is not None else np.full(count, 60.0),
-             'Height': height, 'Weight': weight, 'BMI': bmi}
+  column = lambda values: np.asarray(values, float)[:, None]  # MATLAB N x 1
+  optional = {'Height': height, 'Weight': weight, 'BMI': bmi}
   with matlab_v73.Writer(path) as w:
     group = w.struct(w.root, 'Subset', {
         'Subject': w.cell(subjects),
         'Signals': w.unfilled((count, 3, SAMPLES), chunks=(min(count, 64), 3, SAMPLES)[::-1],
                               compression=compression),
-        'SBP': np.asarray(sbp, float)[:, None], 'DBP': np.asarray(dbp, float)[:, None],
-        'Age': np.asarray(columns['Age'], float)[:, None],
+        'SBP': column(sbp), 'DBP': column(dbp),
+        'Age': column(age if age is not None else np.full(count, 60.0)),
         'Gender': w.cell(gender if gender is not None else ['M'] * count),
-        **{n: np.asarray(columns[n], float)[:, None] for n in _DEMOGRAPHICS[1:]
-           if columns[n] is not None}})
+        **{name: column(v) for name, v in optional.items() if v is not None}})
     signals = group['Signals']
     start = 0
     for block in blocks:

@@ -16,8 +16,9 @@
   pulsedb  For each --pulsedb_gb: writes a PulseDB Train_Subset.mat of that size (MATLAB
          v7.3, float64 (1250, 3, N) signals) and imports it with scripts/prepare_data.py's
          code in a fresh process (random protocol): windows/s of the checks pass and of
-         the whole import, and the process's peak resident memory (flat in the file
-         size when reading is bounded by the block).
+         the whole import, and the process's peak resident memory after the checks pass
+         (the reader's: flat in the file size) and at the end (plus TFDS's shuffle
+         buffer, which holds up to 1 GB of examples in memory before spilling to disk).
 
 --json prints one JSON object instead of the table. Run on an idle machine.
 """
@@ -55,7 +56,8 @@ _SUBJECTS = flags.DEFINE_integer('subjects', 8, 'data: synthetic subjects (10 mi
                                  lower_bound=1)
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
                            'train: compute dtype of the model and the peak matmul.')
-_PULSEDB_GB = flags.DEFINE_list('pulsedb_gb', ['0.5', '3'], 'pulsedb: subset file sizes (GB).')
+_PULSEDB_GB = flags.DEFINE_list('pulsedb_gb', ['0.5', '3', '6'],
+                                'pulsedb: subset file sizes (GB).')
 _PULSEDB_DIR = flags.DEFINE_string('pulsedb_dir', '', 'pulsedb: folder for the files (default '
                                    'a temporary one; needs about twice the largest size).')
 _JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
@@ -163,9 +165,11 @@ def _import_pulsedb(input_dir: str, output_dir: str, queue) -> None:
   start = time.perf_counter()
   plan = pulsedb_plan.plan(input_dir, 'random', (0.8, 0.1, 0.1), 42, progress=False)
   checked = time.perf_counter() - start
+  check_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   options = prepare.PrepareOptions(source='pulsedb', input_dir=input_dir, protocol='random')
   tfds_builders.build(options, output_dir, plan=plan)
   queue.put({'check_s': checked, 'total_s': time.perf_counter() - start,
+             'check_rss_mib': check_rss,
              'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
@@ -196,6 +200,7 @@ def bench_pulsedb():
       rows.append({'file_gb': os.path.getsize(path) / 1e9, 'segments': count,
                    'write_s': written, 'check_windows_per_s': count / result['check_s'],
                    'import_windows_per_s': count / result['total_s'],
+                   'check_peak_rss_mib': result['check_rss_mib'],
                    'peak_rss_mib': result['peak_rss_mib']})
       os.remove(path)
   return rows
