@@ -29,6 +29,8 @@ from input_pipeline import matlab_v73, pulsedb, splits, windows
 
 BLOCK = 1024  # segments per read: 10 MB of float32 ECG + PPG, 30 MB as stored
 READ_ERRORS = (pulsedb.PulseDbError, matlab_v73.MatFileError, OSError, KeyError)
+# Splits of the 'pulsedb' protocol whose subjects must not train (calibration-free).
+HELD_OUT = ('test_calfree', 'test_aami', 'calibration_aami')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,12 +124,13 @@ def check_file(pf: pulsedb.PulseFile, sources, progress: bool) -> FileRows:
                   join(reasons, str))
 
 
-def _pulsedb_split(files: dict[str, FileRows], fraction: float, seed: int):
+def _pulsedb_split(files: dict[str, FileRows], fraction: float, seed: int, failures):
   by_role = {f.file.role: f for f in files.values()}
   if 'train' not in by_role:
+    unreadable = ''.join(f'; {path}: {why}' for path, why in failures)
     raise pulsedb.PulseDbError(
         'protocol pulsedb needs Train_Subset.mat (or VitalDB_Train_Subset.mat) among the '
-        f'readable files; found {", ".join(sorted(by_role)) or "none"}')
+        f'readable files; found {", ".join(sorted(by_role)) or "none"}{unreadable}')
   train = by_role['train']
   usable = train.rows[train.reasons == '']
   parts = splits.subject_split(train.subjects[usable], (1 - fraction, fraction, 0.0), seed)
@@ -148,9 +151,6 @@ def _pooled_split(files: dict[str, FileRows], protocol: str, fractions, seed: in
   return {name: {p: r[idx[(idx >= lo) & (idx < hi)] - lo]
                  for (p, r), lo, hi in zip(usable.items(), offsets[:-1], offsets[1:])}
           for name, idx in parts.items()}
-
-
-HELD_OUT = ('test_calfree', 'test_aami', 'calibration_aami')
 
 
 def check_held_out(plan: Plan) -> None:
@@ -187,7 +187,7 @@ def plan(input_dir: str, protocol: str, fractions, seed: int,
       failures.append((pf.path, str(e) if isinstance(e, pulsedb.PulseDbError) else
                        f'{type(e).__name__}: {e}'))
   if protocol == 'pulsedb':
-    split = _pulsedb_split(files, options.validation_fraction, seed)
+    split = _pulsedb_split(files, options.validation_fraction, seed, failures)
   else:
     split = _pooled_split(files, protocol, fractions, seed)
   result = Plan(input_dir, protocol, tuple(fractions), seed, options, kind, files, failures,

@@ -288,6 +288,9 @@ def test_unreadable_or_wrong_layout_files_are_reported(tmp_path):
   assert 'expected (1250, 3, 4)' in reasons[str(tmp_path / 'Train_Subset.mat')]
   assert 'older than v7.3' in reasons[str(tmp_path / 'CalFree_Test_Subset.mat')]
   assert plan.summary()['windows_kept'] == 0
+  with pytest.raises(pulsedb.PulseDbError, match=r'needs Train_Subset.mat .* found none; .*'
+                                                 r'Train_Subset.mat: .*expected \(1250, 3, 4\)'):
+    pulsedb_plan.plan(str(tmp_path), 'pulsedb', (0.8, 0.1, 0.1), 42, progress=False)
 
 
 def run_prepare(*flags):
