@@ -59,11 +59,6 @@ def split_means(builder, split: str = 'train') -> dict[str, float]:
   return {k: v / count for k, v in totals.items()}
 
 
-def protocol(builder) -> str:
-  """The split protocol the dataset was built with ('subject', 'random', 'pulsedb')."""
-  return tfds_builders.protocol_of(builder)
-
-
 def eval_splits(config_splits, builder) -> tuple[str, ...]:
   """config.eval_splits, or when empty: validation and every test split of the dataset
   (test; test_calbased, test_calfree, test_aami for PulseDB's official files)."""
@@ -85,7 +80,7 @@ def test_split(builder) -> str:
 
 def check_protocol(builder, required) -> None:
   """Raises ProtocolMismatchError when `required` (protocols) does not hold the dataset's."""
-  found = protocol(builder)
+  found = tfds_builders.protocol_of(builder)
   if required and found not in required:
     raise ProtocolMismatchError(
         f'this config reproduces an experiment on a {" or ".join(required)} split, but the '

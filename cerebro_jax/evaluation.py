@@ -11,7 +11,7 @@ import numpy as np
 from cerebro_jax import (checkpoints, datasets, metrics, model as model_lib, quantization,
                          report, sharding)
 from cerebro_jax.quantization import QuantSpec
-from input_pipeline import pipeline, splits
+from input_pipeline import pipeline, splits, tfds_builders
 
 
 @functools.lru_cache(maxsize=8)
@@ -59,7 +59,7 @@ def evaluate_params(params, model_config, builder, eval_splits, batch_size: int,
                     train_means: dict, out_dir: str, spec: QuantSpec = QuantSpec()) -> dict:
   """Metrics, Markdown table and plots for each split, written to `out_dir`; each report
   names the dataset's split protocol and what the split measures."""
-  protocol = datasets.protocol(builder)
+  protocol = tfds_builders.protocol_of(builder)
   outputs = {s: predict_split(params, model_config, builder, s, batch_size, mesh, spec)
              for s in eval_splits}
   reports = {s: split_report(o, train_means, protocol, s) for s, o in outputs.items()}

@@ -16,7 +16,7 @@ import jax
 
 from cerebro_jax import checkpoints, datasets, evaluation, metrics, quantization, sharding
 from cerebro_jax.quantization import QuantSpec
-from input_pipeline import pipeline
+from input_pipeline import pipeline, tfds_builders
 
 def size_markdown(sizes: dict) -> str:
   lines = ['| component | float32 (bytes) | INT8 model (bytes) |', '|---|---|---|']
@@ -72,7 +72,7 @@ def quantize_checkpoint(checkpoint: str, output: str, *, weights: str = 'channel
   builder = pipeline.load_builder(eval_data)
   train_means = datasets.split_means(builder)
   split = split or datasets.test_split(builder)
-  protocol = datasets.protocol(builder)
+  protocol = tfds_builders.protocol_of(builder)
   mesh = sharding.data_mesh()
   variants = {'float32': (params, QuantSpec()),
               'int8_weights': (qparams, QuantSpec('int8_weights', weights=weights)),

@@ -99,16 +99,16 @@ def read_record(path: str, names: ChannelNames = ChannelNames()) -> Record:
 
   joined = lambda name: (np.concatenate([p.get(name, np.full(len(p['ppg']), np.nan))
                                          for p in parts]) if parts else np.zeros(0))
+  ppg, abp = joined('ppg'), joined('abp')
   leads = tuple(lead for lead in names.ecg_leads if any(lead in p for p in parts))
-  ecg = np.stack([joined(lead) for lead in leads]) if leads else np.zeros((0, len(joined('ppg'))))
-  for role, values, wanted in (('ECG', ecg, names.ecg_leads), ('PPG', joined('ppg'),
-                                                               names.ppg_names),
-                               ('ABP', joined('abp'), names.abp_names)):
+  ecg = np.stack([joined(lead) for lead in leads]) if leads else np.zeros((0, len(ppg)))
+  for role, values, wanted in (('ECG', ecg, names.ecg_leads), ('PPG', ppg, names.ppg_names),
+                               ('ABP', abp, names.abp_names)):
     if not np.isfinite(values).any():
       raise RecordError(f'{path}: missing a required signal: {role} (looked for '
                         f'{", ".join(wanted)})')
   return Record(record=os.path.basename(path), subject=subject_of(path), source='mimic3',
-                ecg=ecg, ppg=joined('ppg'), abp=joined('abp'), leads=leads)
+                ecg=ecg, ppg=ppg, abp=abp, leads=leads)
 
 
 def find_records(directory: str) -> list[str]:

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from input_pipeline import prepare as prepare_lib, pulsedb, pulsedb_plan, splits
+from input_pipeline import prepare as prepare_lib, pulsedb, pulsedb_plan, splits, windows
 
 _DESCRIPTION = ('10-s windows of ECG lead II and PPG at 125 Hz (PulseDB-style filtering, '
                 'beat labels and quality rules) with SBP and DBP labels from invasive ABP.')
@@ -167,7 +167,7 @@ class CerebroBpPulsedb(_ManualBuilder):
       name = plan.name(path)
       with tqdm(total=len(rows), desc=f'{split}: {name}', unit='segment', leave=False) as bar:
         for block in pulsedb.blocks(checked.file, rows, checked.subjects, pulsedb_plan.BLOCK):
-          signals = pulsedb.scaled_signals(block.signals)
+          signals = windows.minmax_scale(block.signals)
           for i, row in enumerate(block.rows.tolist()):
             yield f'{name}:{row}', {
                 'signals': signals[i], 'sbp': block.sbp[i], 'dbp': block.dbp[i],

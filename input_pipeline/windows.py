@@ -130,9 +130,12 @@ def max_lagged_correlation(a: np.ndarray, b: np.ndarray, max_lag: int) -> float:
   return float(r.max())
 
 
-def _minmax(x: np.ndarray) -> np.ndarray:
-  span = x.max() - x.min()
-  return ((x - x.min()) / span if span > 0 else np.zeros_like(x)).astype(np.float32)
+def minmax_scale(x: np.ndarray) -> np.ndarray:
+  """(..., T) -> float32, each series scaled to [0, 1] along its last axis (zeros where
+  it is constant): the model's input scaling of ECG and PPG windows."""
+  lo = x.min(axis=-1, keepdims=True)
+  span = x.max(axis=-1, keepdims=True) - lo
+  return ((x - lo) / np.where(span > 0, span, 1)).astype(np.float32)
 
 
 def label_abp(raw_abp: np.ndarray, filtered_abp: np.ndarray):
@@ -207,7 +210,7 @@ def windows_of(record: Record, rules: QualityRules = QualityRules()) -> Iterator
       reject = 'ecg_lead_change'
     lead = record.leads[k] if k is not None else ''
     inputs = (ecg[row, part], filtered['ppg'][part])
-    signals = (np.stack([_minmax(x) for x in inputs])
+    signals = (minmax_scale(np.stack(inputs))
                if all(np.isfinite(x).all() for x in inputs) else None)
     yield Window(record=record.record, subject=record.subject, source=record.source,
                  start_s=start / FS, lead=lead, sbp_mmhg=sbp, dbp_mmhg=dbp, reject=reject,
