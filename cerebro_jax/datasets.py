@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
+from cerebro_jax import distributed
 from input_pipeline import pipeline, prepare, splits, synthetic, tfds_builders
 
 # Splits that are never evaluated by default: training data and calibration windows.
@@ -27,7 +29,8 @@ def synthetic_options(data_config) -> prepare.PrepareOptions:
 
 
 def get_builder(data_config, workdir: str) -> tfds.core.DatasetBuilder:
-  """The builder of `data_config.dir`, or of <workdir>/data (synthetic, built if absent)."""
+  """The builder of `data_config.dir`, or of <workdir>/data (synthetic, built if absent,
+  by process 0 while the others wait)."""
   if data_config.dir:
     return pipeline.load_builder(data_config.dir)
   if data_config.source != 'synthetic':
@@ -36,14 +39,28 @@ def get_builder(data_config, workdir: str) -> tfds.core.DatasetBuilder:
         f'scripts/prepare_data.py --source {data_config.source} --input RECORDS --output DIR '
         'and pass --config.data.dir=DIR')
   data_dir = os.path.join(workdir, 'data')
+  distributed.on_main_process(lambda: _build_synthetic(data_config, data_dir),
+                              f'building the synthetic cohort in {data_dir}')
   try:
     return pipeline.load_builder(data_dir)
+  except pipeline.DatasetNotFoundError as e:
+    if jax.process_count() == 1:
+      raise
+    raise pipeline.DatasetNotFoundError(
+        f'{e}. Process 0 built it there: on several hosts the workdir must be on storage '
+        'they all share (a bucket or a shared file system)') from e
+
+
+def _build_synthetic(data_config, data_dir: str) -> None:
+  """Builds the synthetic cohort in `data_dir` unless a dataset is there already."""
+  try:
+    pipeline.load_builder(data_dir)
+    return
   except pipeline.DatasetNotFoundError:
     pass
   options = synthetic_options(data_config)
   print(f'Building the synthetic cohort ({options.cohort.num_subjects} subjects) in {data_dir}')
   tfds_builders.prepare_dataset(options, data_dir)
-  return pipeline.load_builder(data_dir)
 
 
 def split_means(builder, split: str = 'train') -> dict[str, float]:

@@ -8,8 +8,8 @@ import os
 import jax
 import numpy as np
 
-from cerebro_jax import (checkpoints, datasets, metrics, model as model_lib, quantization,
-                         report, sharding)
+from cerebro_jax import (checkpoints, datasets, distributed, metrics, model as model_lib,
+                         quantization, report, sharding)
 from cerebro_jax.quantization import QuantSpec
 from input_pipeline import pipeline, splits, tfds_builders
 
@@ -25,18 +25,24 @@ def predict_fn(model_config, mesh, spec: QuantSpec = QuantSpec()):
 
 def predict_split(params, model_config, builder, split: str, batch_size: int, mesh,
                   spec: QuantSpec = QuantSpec()) -> dict:
-  """Every window of `split` once: {'sbp', 'dbp', 'sbp_ref', 'dbp_ref', 'subject'}."""
+  """Every window of `split` once, in file order, on every process:
+  {'sbp', 'dbp' (estimates), 'sbp_ref', 'dbp_ref' (mmHg), 'subject' (str)}.
+
+  Each process predicts its shard; the rows of all processes are gathered afterwards.
+  """
   forward = predict_fn(model_config, mesh, spec)
   local = sharding.check_batch(batch_size, 'eval_batch_size')
   parts = []
   for batch in pipeline.eval_batches(builder, split, local):
     signals = sharding.put_batch({'signals': batch['signals']}, mesh)['signals']
-    out = model_lib.named_outputs(np.asarray(jax.device_get(forward(params, signals))))
-    keep = batch['mask']
-    parts.append({'sbp': out['sbp_mmhg'][keep], 'dbp': out['dbp_mmhg'][keep],
-                  'sbp_ref': batch['sbp'][keep], 'dbp_ref': batch['dbp'][keep],
-                  'subject': batch['subject'][keep].astype(str)})
-  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    out = model_lib.named_outputs(sharding.local_rows(forward(params, signals), mesh))
+    parts.append({'sbp': out['sbp_mmhg'], 'dbp': out['dbp_mmhg'], 'sbp_ref': batch['sbp'],
+                  'dbp_ref': batch['dbp'], 'subject': batch['subject'], 'mask': batch['mask']})
+  rows = distributed.gather_rows({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+  keep = rows.pop('mask')
+  rows = {k: v[keep] for k, v in rows.items()}
+  rows['subject'] = rows['subject'].astype(str)
+  return rows
 
 
 def mse(outputs: dict) -> float:
@@ -58,12 +64,14 @@ def split_report(outputs: dict, train_means: dict, protocol: str = '', split: st
 def evaluate_params(params, model_config, builder, eval_splits, batch_size: int, mesh,
                     train_means: dict, out_dir: str, spec: QuantSpec = QuantSpec()) -> dict:
   """Metrics, Markdown table and plots for each split, written to `out_dir`; each report
-  names the dataset's split protocol and what the split measures."""
+  names the dataset's split protocol and what the split measures. Every process computes
+  the reports (on all windows); process 0 writes them."""
   protocol = tfds_builders.protocol_of(builder)
   outputs = {s: predict_split(params, model_config, builder, s, batch_size, mesh, spec)
              for s in eval_splits}
   reports = {s: split_report(o, train_means, protocol, s) for s, o in outputs.items()}
-  report.write_evaluation(out_dir, reports, outputs)
+  if distributed.is_main():
+    report.write_evaluation(out_dir, reports, outputs)
   return reports
 
 

@@ -5,6 +5,11 @@ r"""Trains and evaluates CEReBrO BP models: flags only; the logic is in train.py
       --config.data.dir=data/mimic3 --config.init_from=models/cerebro_small --workdir=...
   python -m cerebro_jax.main --mode=evaluate --config=... --workdir=runs/default
 
+Several processes (hosts): run the same command on each. On Cloud TPU, SLURM (srun) and
+Open MPI (mpirun) JAX finds the others itself; elsewhere add --coordinator_address=HOST:PORT
+(process 0's), --num_processes=N and --process_id=I. The workdir (and config.data.dir)
+must be on storage every process can read and write.
+
 Any config field can be overridden on the command line, e.g. --config.num_epochs=5.
 """
 
@@ -13,7 +18,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from cerebro_jax import cli, datasets, evaluation, report, train
+from cerebro_jax import cli, datasets, distributed, evaluation, report, train
 from input_pipeline import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -24,6 +29,14 @@ _MODE = flags.DEFINE_enum('mode', 'train_and_evaluate', ['train_and_evaluate', '
                           'Train then evaluate the best model, or only evaluate a model.')
 _MODEL = flags.DEFINE_string('model', '', '--mode=evaluate: the model directory to evaluate '
                              '(default: <workdir>/model).')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', '', 'Several processes without a cluster JAX detects: HOST:PORT '
+    'of process 0, the same on every process. Empty: detect (Cloud TPU, SLURM, Open MPI) '
+    'or run as one process.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'With --coordinator_address: '
+                                      'the number of processes of the job.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'With --coordinator_address: this '
+                                   'process\'s index, 0 to num_processes - 1.')
 flags.mark_flags_as_required(['config'])
 
 
@@ -31,15 +44,17 @@ def main(argv):
   if len(argv) > 1:
     raise SystemExit(f'unexpected arguments: {argv[1:]}')
   try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if _MODE.value == 'train_and_evaluate':
       reports = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     else:
       reports = evaluation.evaluate(_CONFIG.value, _WORKDIR.value, _MODEL.value)
-  except (datasets.ProtocolMismatchError, pipeline.DatasetNotFoundError) as e:
+  except (datasets.ProtocolMismatchError, pipeline.DatasetNotFoundError,
+          distributed.ProcessFlagsError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  print(report.markdown_table(reports))
-  print(f'Metrics, tables and plots in {_WORKDIR.value}/eval')
+  distributed.log(report.markdown_table(reports))
+  distributed.log(f'Metrics, tables and plots in {_WORKDIR.value}/eval')
 
 
 if __name__ == '__main__':

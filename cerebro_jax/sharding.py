@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 DATA_AXIS = 'data'
@@ -34,3 +35,24 @@ def put_batch(batch: dict, mesh) -> dict:
   sharding = batch_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}
+
+
+def local_rows(array: jax.Array, mesh) -> np.ndarray:
+  """This process's rows of a global array sharded over the data axis (put_batch's
+  inverse): all of it with one process."""
+  return np.asarray(multihost_utils.global_array_to_host_local_array(
+      array, mesh, PartitionSpec(DATA_AXIS)))
+
+
+def local_shards(mesh) -> tuple[list[int], int]:
+  """(positions of this process's devices on the data axis, number of devices).
+
+  Position k holds rows [k * B / D, (k + 1) * B / D) of every global batch of B rows;
+  a process's positions are consecutive, in the order put_batch expects them.
+  """
+  devices = list(mesh.devices.flat)
+  mine = [k for k, d in enumerate(devices) if d.process_index == jax.process_index()]
+  if mine != list(range(mine[0], mine[0] + len(mine))):
+    raise ValueError(f'process {jax.process_index()} holds data-axis positions {mine}: '
+                     'expected consecutive ones')
+  return mine, len(devices)

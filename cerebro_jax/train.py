@@ -9,9 +9,12 @@ Workdir layout:
   eval/                metrics.json, metrics.md, Bland-Altman and scatter PNGs
   tensorboard/         loss, validation MSE, windows/s
 
-Each epoch reads the training split in an order fixed by (seed, epoch), and the state is
-checkpointed at the end of each epoch, so a run restarted with the same command resumes
-from the last epoch and ends with the same parameters as a run that never stopped.
+Each epoch reads the training split in an order fixed by (seed, epoch, number of devices),
+and the state is checkpointed at the end of each epoch, so a run restarted with the same
+command resumes from the last epoch and ends with the same parameters as a run that never
+stopped. With several processes (distributed.py) every process runs this function: each
+feeds its own devices, orbax saves and restores with all of them, and process 0 alone
+writes config.json, TensorBoard, eval/ and train_summary.json.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import orbax.checkpoint as ocp
 import tensorflow as tf
 from tqdm import tqdm
 
-from cerebro_jax import checkpoints, datasets, evaluation, model as model_lib, optim, sharding
+from cerebro_jax import (checkpoints, datasets, distributed, evaluation, model as model_lib,
+                         optim, sharding)
 from cerebro_jax.model_config import ModelConfig
 from input_pipeline import pipeline
 
@@ -119,6 +123,9 @@ def _managers(workdir: str):
 
 
 def _write_scalars(writer, step: int, values: dict) -> None:
+  """TensorBoard scalars; writer is None on every process but process 0."""
+  if writer is None:
+    return
   with writer.as_default():
     for name, value in values.items():
       tf.summary.scalar(name, value, step=step)
@@ -132,14 +139,17 @@ def train_and_evaluate(config, workdir: str,
   on_epoch_end(epoch, logs) is called after each epoch's checkpoint (for notebooks).
   Returns {split: metrics report} of the final evaluation.
   """
+  main = distributed.is_main()
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if main:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
   builder = datasets.get_builder(config.data, workdir)
   datasets.check_protocol(builder, tuple(config.data.required_protocols))
   eval_splits = datasets.eval_splits(config.eval_splits, builder)
   mesh = sharding.data_mesh()
-  local_batch = sharding.check_batch(config.batch_size)
+  sharding.check_batch(config.batch_size)
+  shards, num_shards = sharding.local_shards(mesh)
   needed = {'train', 'validation', *eval_splits}
   absent = sorted(needed - set(builder.info.splits))
   if absent:
@@ -166,19 +176,21 @@ def train_and_evaluate(config, workdir: str,
     for step in best.all_steps():  # saved by an epoch that died before its latest save
       if step > meta['epoch']:
         best.delete(step)
-    print(f'Resuming from {latest.directory} after epoch {meta["epoch"]}')
+    distributed.log(f'Resuming from {latest.directory} after epoch {meta["epoch"]}')
 
   train_step = make_train_step(model_config, tx, mesh)
-  writer = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
-  print(f'Training CEReBrO {model_config.size} ({config.train_mode}) on {train_size} windows, '
-        f'{steps_per_epoch} steps of {config.batch_size} per epoch, {jax.device_count()} '
-        f'{jax.devices()[0].platform} device(s)')
+  writer = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard')) if main else None
+  distributed.log(
+      f'Training CEReBrO {model_config.size} ({config.train_mode}) on {train_size} windows, '
+      f'{steps_per_epoch} steps of {config.batch_size} per epoch, {jax.device_count()} '
+      f'{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es)')
   while meta['epoch'] < config.num_epochs and meta['epochs_without_improvement'] < config.patience:
     epoch = meta['epoch'] + 1
-    batches = pipeline.train_batches(builder, local_batch, seed=config.seed * 100_003 + epoch,
-                                     shuffle_buffer=config.data.shuffle_buffer)
+    batches = pipeline.train_batches(builder, config.batch_size, config.seed * 100_003 + epoch,
+                                     shards, num_shards, shuffle_buffer=config.data.shuffle_buffer)
     losses, start = [], time.perf_counter()
-    bar = tqdm(range(steps_per_epoch), desc=f'epoch {epoch}/{config.num_epochs}', unit='step')
+    bar = tqdm(range(steps_per_epoch), desc=f'epoch {epoch}/{config.num_epochs}', unit='step',
+               disable=not main)
     for i in bar:
       state, loss = train_step(state, sharding.put_batch(next(batches), mesh))
       losses.append(loss)
@@ -210,16 +222,17 @@ def train_and_evaluate(config, workdir: str,
     best.wait_until_finished()
     logs = {'train_mse': train_mse, 'val_mse': val_mse, 'best_val_mse': meta['best_val_mse']}
     _write_scalars(writer, int(state['step']), {'val/mse': val_mse, 'train/epoch_mse': train_mse})
-    print(f'epoch {epoch}: train MSE {train_mse:.1f}, validation MSE {val_mse:.1f} mmHg^2'
-          f'{" (best)" if improved else ""}')
+    distributed.log(f'epoch {epoch}: train MSE {train_mse:.1f}, validation MSE '
+                    f'{val_mse:.1f} mmHg^2{" (best)" if improved else ""}')
     if on_epoch_end:
       on_epoch_end(epoch, logs)
   if meta['epochs_without_improvement'] >= config.patience:
-    print(f'Early stopping: no improvement for {config.patience} epochs')
+    distributed.log(f'Early stopping: no improvement for {config.patience} epochs')
 
   best_dir = os.path.join(best.directory, str(best.latest_step()))
   params, _, _ = checkpoints.load_model(best_dir)
-  print(f'Best validation MSE {meta["best_val_mse"]:.1f} at epoch {meta["best_epoch"]}')
+  distributed.log(f'Best validation MSE {meta["best_val_mse"]:.1f} at epoch '
+                  f'{meta["best_epoch"]}')
   checkpoints.save_model(os.path.join(workdir, 'model'), params, model_config,
                          {'best_epoch': meta['best_epoch'], 'val_mse': meta['best_val_mse'],
                           'train_means': train_means}, overwrite=True)
@@ -227,6 +240,7 @@ def train_and_evaluate(config, workdir: str,
       jax.device_put(params, sharding.replicated(mesh)), model_config, builder,
       eval_splits, config.eval_batch_size, mesh, train_means,
       os.path.join(workdir, 'eval'))
-  with open(os.path.join(workdir, 'train_summary.json'), 'w') as f:
-    json.dump({**meta, 'train_means': train_means, 'steps': int(state['step'])}, f, indent=2)
+  if main:
+    with open(os.path.join(workdir, 'train_summary.json'), 'w') as f:
+      json.dump({**meta, 'train_means': train_means, 'steps': int(state['step'])}, f, indent=2)
   return reports

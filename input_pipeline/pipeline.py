@@ -2,15 +2,18 @@
 
 Batches are dicts: 'signals' (B, 2, 1250) float32, 'sbp' and 'dbp' (B,) float32 mmHg,
 and for evaluation also 'mask' (B,) bool (False on padding) and 'subject' (B,) bytes.
-Each JAX process reads its own shard of a split (`tfds.split_for_jax_process`).
+Each JAX process reads its own part of a split: for training, the ranges of its devices;
+for evaluation, its consecutive shard (`tfds.split_for_jax_process`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 from typing import Iterator
 
+import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -41,43 +44,80 @@ def load_builder(data_dir: str) -> tfds.core.DatasetBuilder:
   return tfds.builder_from_directory(find_dataset(data_dir))
 
 
-def _read(builder, split: str, shuffle_files: bool, seed: int | None,
-          drop_remainder: bool) -> tf.data.Dataset:
+def _options() -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
-  read_config = tfds.ReadConfig(options=options, shuffle_seed=seed,
-                                interleave_cycle_length=1 if not shuffle_files else 16)
-  return builder.as_dataset(
-      split=tfds.split_for_jax_process(split, drop_remainder=drop_remainder),
-      shuffle_files=shuffle_files, read_config=read_config)
+  return options
 
 
-def train_batches(builder, batch_size: int, seed: int, split: str = 'train',
-                  shuffle_buffer: int = 16_384, cache: bool = True) -> Iterator[dict]:
-  """Endless shuffled batches of `split` (this process's shard), drop-remainder.
+def shard_seed(seed: int, shard: int) -> int:
+  """The shuffling seed of data-axis position `shard`: `seed` itself for position 0 (a
+  one-device run reads in the order of `seed`), a seed derived from both otherwise."""
+  if shard == 0:
+    return seed
+  return int(np.random.SeedSequence([seed, shard]).generate_state(1)[0] >> 1)
 
-  The order is a function of `seed` alone: file order and buffer shuffling are seeded,
-  and every pass over the data is reshuffled from that seed.
+
+def train_batches(builder, batch_size: int, seed: int, shards=(0,), num_shards: int = 1,
+                  split: str = 'train', shuffle_buffer: int = 16_384,
+                  cache: bool = True) -> Iterator[dict]:
+  """Endless shuffled batches of `split` for the data-axis positions `shards`, drop-remainder.
+
+  The split is cut into `num_shards` (the number of devices) equal consecutive ranges, the
+  remainder dropped; position k reads range k, shuffled by `shard_seed(seed, k)` (file
+  order and a buffer of shuffle_buffer / num_shards windows, reshuffled on every pass), and
+  fills rows [k * b, (k + 1) * b) of each global batch of `batch_size`, b = batch_size /
+  num_shards. The batches yielded are the rows of `shards` (consecutive positions: this
+  process's devices), so the global batches depend on the seed and the number of devices,
+  never on how many processes share them.
   """
-  ds = _read(builder, split, shuffle_files=True, seed=seed, drop_remainder=True)
-  ds = ds.map(lambda ex: {k: ex[k] for k in _NUMERIC}, num_parallel_calls=tf.data.AUTOTUNE,
-              deterministic=True)
-  if cache:
-    ds = ds.cache()
-  ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-  ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return ds.as_numpy_iterator()
+  if batch_size % num_shards:
+    raise ValueError(f'batch size {batch_size} does not divide over {num_shards} shards')
+  size = builder.info.splits[split].num_examples // num_shards
+  read_config = tfds.ReadConfig(options=_options(), interleave_cycle_length=16)
+  streams = []
+  for shard in shards:
+    read_config = dataclasses.replace(read_config, shuffle_seed=shard_seed(seed, shard))
+    ds = builder.as_dataset(split=tfds.core.ReadInstruction(split, shard * size,
+                                                            (shard + 1) * size, unit='abs'),
+                            shuffle_files=True, read_config=read_config)
+    ds = ds.map(lambda ex: {k: ex[k] for k in _NUMERIC}, num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    if cache:
+      ds = ds.cache()
+    ds = ds.shuffle(max(1, shuffle_buffer // num_shards), seed=shard_seed(seed, shard),
+                    reshuffle_each_iteration=True).repeat()
+    streams.append(ds.batch(batch_size // num_shards, drop_remainder=True))
+  ds = tf.data.Dataset.zip(tuple(streams)).map(
+      lambda *parts: {k: tf.concat([p[k] for p in parts], 0) for k in _NUMERIC})
+  return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def eval_batch_count(builder, split: str, batch_size: int) -> int:
+  """Batches of `batch_size` that every process reads of `split`: enough for the largest
+  process's shard, so that all processes run the same number of steps."""
+  largest = -(-builder.info.splits[split].num_examples // jax.process_count())
+  return -(-largest // batch_size)
 
 
 def eval_batches(builder, split: str, batch_size: int) -> Iterator[dict]:
-  """Every example of `split` (this process's shard) exactly once, in file order.
+  """Every example of this process's shard of `split` once, in file order, in exactly
+  `eval_batch_count` batches.
 
-  The last batch is padded to `batch_size` with zeros and 'mask' False, so every batch
-  has one shape and nothing is dropped.
+  Shards are consecutive ranges in process order (`tfds.split_for_jax_process`). Batches
+  are padded to `batch_size` with zeros and 'mask' False (whole padding batches where a
+  shard is shorter than the largest), so every batch has one shape, every process runs
+  the same number of them, and nothing is dropped.
   """
-  ds = _read(builder, split, shuffle_files=False, seed=None, drop_remainder=False)
+  read_config = tfds.ReadConfig(options=_options(), interleave_cycle_length=1)
+  ds = builder.as_dataset(split=tfds.split_for_jax_process(split, drop_remainder=False),
+                          shuffle_files=False, read_config=read_config)
   ds = ds.map(lambda ex: {k: ex[k] for k in (*_NUMERIC, 'subject')})
-  for batch in ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+  batches = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+  empty = {'signals': np.zeros((0, 2, 1250), np.float32), 'sbp': np.zeros(0, np.float32),
+           'dbp': np.zeros(0, np.float32), 'subject': np.zeros(0, object)}
+  for _ in range(eval_batch_count(builder, split, batch_size)):
+    batch = next(batches, empty)
     size = len(batch['sbp'])
     batch['mask'] = np.ones(size, bool)
     if size < batch_size:

@@ -82,6 +82,23 @@ def test_train_batches_are_deterministic_per_seed(dataset):
   assert not all(np.array_equal(a['sbp'], b['sbp']) for a, b in zip(first, other))
 
 
+def test_train_batches_of_several_devices_do_not_depend_on_the_processes(dataset):
+  """A process holding devices 0-1 of 4 and one holding 2-3 get the two halves of the
+  batches of a process holding all four: each device reads its own range of the split."""
+  builder, _ = dataset
+  take = lambda shards: [b for b, _ in zip(pipeline.train_batches(builder, 8, 3, shards, 4),
+                                           range(5))]
+  whole, first, second = take((0, 1, 2, 3)), take((0, 1)), take((2, 3))
+  for a, b, c in zip(whole, first, second):
+    assert len(b['sbp']) == len(c['sbp']) == 4
+    np.testing.assert_array_equal(a['signals'], np.concatenate([b['signals'], c['signals']]))
+  size = builder.info.splits['train'].num_examples // 4
+  seen = {float(v) for b in take((0,)) for v in b['sbp']}  # device 0's range only
+  first_range = {float(ex['sbp']) for ex in builder.as_dataset(
+      split=f'train[:{size}]').as_numpy_iterator()}
+  assert seen <= first_range
+
+
 def test_eval_batches_cover_every_example_once(dataset):
   builder, prepared = dataset
   for name in splits.SPLITS:
