@@ -15,9 +15,10 @@ from cerebro_jax.model_config import ModelConfig
 from cerebro_jax.quantization import QuantSpec
 from input_pipeline import mimic3, vitaldb_files
 from input_pipeline.records import Record
-from input_pipeline.windows import windows_of
+from input_pipeline.windows import minmax_scale, windows_of
 
 WINDOW_SHAPE = (2, 1250)  # (ECG, PPG) x 10 s at 125 Hz
+_RANGE_SLACK = 1e-6  # float rounding around [0, 1]
 CSV_COLUMNS = ('sbp_mmhg', 'dbp_mmhg')
 
 
@@ -26,7 +27,7 @@ class WindowsError(ValueError):
 
 
 def check_windows(windows: np.ndarray, source: str = 'windows') -> np.ndarray:
-  """Validates an (N, 2, 1250) float32 array of finite values; returns it."""
+  """Validates an (N, 2, 1250) float32 array of finite values in [0, 1]; returns it."""
   if not isinstance(windows, np.ndarray):
     raise WindowsError(f'{source}: expected a numpy array, got {type(windows).__name__}')
   if windows.dtype != np.float32:
@@ -41,18 +42,29 @@ def check_windows(windows: np.ndarray, source: str = 'windows') -> np.ndarray:
   if bad.size:
     raise WindowsError(f'{source}: {bad.size} windows hold NaN or Inf, first indices '
                        f'{bad[:10].tolist()}')
+  outside = np.flatnonzero((windows.min(axis=(1, 2)) < -_RANGE_SLACK)
+                           | (windows.max(axis=(1, 2)) > 1 + _RANGE_SLACK))
+  if outside.size:
+    raise WindowsError(
+        f'{source}: {outside.size} of {len(windows)} windows have values outside [0, 1] '
+        f'(first indices {outside[:10].tolist()}; values from {windows.min():.4g} to '
+        f'{windows.max():.4g}). The model takes each channel of each window min-max scaled '
+        'to [0, 1], as PulseDB stores them; scale them so (predict: --scale does it)')
   return windows
 
 
-def load_windows(path: str | os.PathLike) -> np.ndarray:
-  """Loads and validates a .npy file of windows (never unpickles objects)."""
+def load_windows(path: str | os.PathLike, scale: bool = False) -> np.ndarray:
+  """Loads and validates a .npy file of windows (never unpickles objects); scale=True
+  min-max scales each channel of each window to [0, 1] first."""
   path = os.fspath(path)
   try:
     windows = np.load(path, allow_pickle=False)
   except FileNotFoundError:
     raise
-  except (ValueError, OSError) as e:
-    raise WindowsError(f'{path}: not a readable .npy array ({e})') from e
+  except (ValueError, OSError, EOFError) as e:  # EOFError: an empty or cut file
+    raise WindowsError(f'{path}: not a readable .npy array ({e or "no data"})') from e
+  if scale and isinstance(windows, np.ndarray) and windows.dtype == np.float32:
+    windows = minmax_scale(windows)
   return check_windows(windows, path)
 
 

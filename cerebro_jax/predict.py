@@ -6,7 +6,8 @@ r"""Predicts SBP and DBP (mmHg) with a cerebro-bp model, from windows or from a 
       --record mimic3wdb/p000020-2183-04-28-17-47 --output p000020.csv
 
 --windows: an (N, 2, 1250) float32 .npy array: channel 0 ECG, channel 1 PPG, 10 s at
-125 Hz, each min-max scaled to [0, 1] as in PulseDB. The CSV has the header
+125 Hz, each min-max scaled to [0, 1] as in PulseDB (--scale does it for raw values;
+other values are refused). The CSV has the header
 `sbp_mmhg,dbp_mmhg` and one row per window, in the array's order.
 --record: a WFDB record (II, PLETH; MIMIC-III style) or a .vital file (SNUADC tracks),
 cut into 10-s windows with the data pipeline's filters and quality rules. The CSV has
@@ -32,6 +33,8 @@ _RECORD = flags.DEFINE_string('record', None, 'A WFDB record path or a .vital fi
                               'and predict (or give --windows).')
 _OUTPUT = flags.DEFINE_string('output', None, 'CSV file to write.', required=True)
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 256, 'Windows per forward pass.', lower_bound=1)
+_SCALE = flags.DEFINE_bool('scale', False, '--windows: min-max scale each channel of each '
+                           'window to [0, 1] first (windows of raw ECG and PPG values).')
 
 
 def main(argv):
@@ -50,7 +53,8 @@ def main(argv):
       summary = f'{len(rows)} windows ({accepted} passed the quality checks)'
     else:
       predictions = inference.predict_windows(params, config,
-                                              inference.load_windows(_WINDOWS.value),
+                                              inference.load_windows(_WINDOWS.value,
+                                                                     _SCALE.value),
                                               _BATCH_SIZE.value, spec)
       inference.write_predictions_csv(_OUTPUT.value, predictions)
       summary = f'{len(predictions)} windows'

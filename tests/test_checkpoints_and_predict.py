@@ -60,6 +60,27 @@ def test_windows_are_validated(tmp_path):
   np.save(pickled, np.array([{'a': 1}], dtype=object), allow_pickle=True)
   with pytest.raises(inference.WindowsError, match='objects.npy'):
     inference.load_windows(pickled)
+  empty = tmp_path / 'empty.npy'
+  empty.write_bytes(b'')
+  with pytest.raises(inference.WindowsError, match='empty.npy: not a readable .npy array'):
+    inference.load_windows(empty)
+
+
+def test_windows_outside_0_1_are_refused_unless_scaled(tmp_path):
+  """Raw ECG (mV) and PPG values give meaningless pressures: refused, or min-max scaled
+  per channel and window on request."""
+  raw = np.random.default_rng(2).normal(0, 1, (3, 2, 1250)).astype(np.float32)
+  raw[0] = raw[0] * 0.1 + 0.5  # inside [0, 1]: scaled or not, it is not refused
+  path = tmp_path / 'raw.npy'
+  np.save(path, raw)
+  with pytest.raises(inference.WindowsError,
+                     match=r'raw.npy: 2 of 3 windows have values outside \[0, 1\] '
+                           r'\(first indices \[1, 2\].*--scale'):
+    inference.load_windows(path)
+  scaled = inference.load_windows(path, scale=True)
+  assert scaled.min(axis=2).max() == 0 and scaled.max(axis=2).min() == 1
+  np.testing.assert_allclose(scaled[1, 1], (raw[1, 1] - raw[1, 1].min()) / np.ptp(raw[1, 1]),
+                             rtol=1e-6)
 
 
 def test_batched_prediction_equals_one_pass(saved_model):
