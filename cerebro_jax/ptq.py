@@ -3,7 +3,8 @@
 `quantize_checkpoint` writes an INT8 model directory (the paper's dynamic quantization,
 which `python -m cerebro_jax.predict` runs with the integer path) with sizes.json and,
 given a prepared dataset, metrics.json and quantization.md comparing float32,
-weight-only INT8 and weight+activation INT8 on the same windows.
+weight-only INT8 and weight+activation INT8 on the same windows, and on request
+schemes.md and schemes.json: the dynamic INT8 schemes side by side (`compare_schemes`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,64 @@ import json
 import os
 
 import jax
+import numpy as np
 
 from cerebro_jax import checkpoints, datasets, evaluation, metrics, quantization, sharding
 from cerebro_jax.quantization import QuantSpec
 from input_pipeline import pipeline, tfds_builders
+
+# The dynamic INT8 variants users choose between: QuantSpec fields beyond mode and weights.
+SCHEME_VARIANTS = {
+    'symmetric int8, per batch': {'scheme': 'symmetric'},
+    'pytorch, fbgemm (x86: 7-bit), per batch': {'scheme': 'pytorch', 'reduce_range': True},
+    'pytorch, qnnpack (ARM: 8-bit), per batch': {'scheme': 'pytorch'},
+    'pytorch, 8-bit, per window': {'scheme': 'pytorch', 'activations': 'window'},
+}
+# The second batching of the schemes table: per-batch scales change with it.
+_SMALL_BATCH = 8
+
+
+def compare_schemes(params, model_config, builder, split: str, batch_size: int,
+                    weights: str = 'channel') -> list[dict]:
+  """Each SCHEME_VARIANTS entry on `split` against the float model, one row each (mmHg):
+  SBP and DBP MAE; mean and largest |INT8 - float32| estimate; largest change of an
+  estimate when the split is batched by _SMALL_BATCH x devices instead of `batch_size`."""
+  mesh = sharding.data_mesh()
+  small = _SMALL_BATCH * jax.device_count()
+  predict = lambda tree, spec, batch: evaluation.predict_split(
+      jax.device_put(tree, sharding.replicated(mesh)), model_config, builder, split, batch,
+      mesh, spec)
+  reference = predict(params, QuantSpec(), batch_size)
+  rows = []
+  for name, options in SCHEME_VARIANTS.items():
+    spec = QuantSpec('int8_dynamic', weights=weights, **options)
+    qparams = quantization.quantize_params(params, weights, spec.scheme)
+    out, rebatched = predict(qparams, spec, batch_size), predict(qparams, spec, small)
+    change = np.abs(np.stack([out[t] - reference[t] for t in metrics.TARGETS]))
+    rows.append({'variant': name, **dataclasses.asdict(spec),
+                 'sbp_mae': float(np.abs(out['sbp'] - out['sbp_ref']).mean()),
+                 'dbp_mae': float(np.abs(out['dbp'] - out['dbp_ref']).mean()),
+                 'mean_abs_change_mmhg': float(change.mean()),
+                 'max_abs_change_mmhg': float(change.max()),
+                 'max_batch_effect_mmhg': float(max(np.abs(out[t] - rebatched[t]).max()
+                                                    for t in metrics.TARGETS))})
+  return rows
+
+
+def schemes_markdown(rows: list[dict], float_report: dict, split: str,
+                     batch_size: int) -> str:
+  lines = ['| variant | SBP MAE | DBP MAE | mean abs(INT8 - float32) | max abs(INT8 - float32) '
+           f'| max change, batch {batch_size} -> {_SMALL_BATCH} |', '|---|---|---|---|---|---|',
+           f"| float32 | {float_report['sbp']['mae']:.3f} | {float_report['dbp']['mae']:.3f} "
+           '| 0 | 0 | 0 |']
+  for r in rows:
+    lines.append(f"| {r['variant']} | {r['sbp_mae']:.3f} | {r['dbp_mae']:.3f} | "
+                 f"{r['mean_abs_change_mmhg']:.3f} | {r['max_abs_change_mmhg']:.3f} | "
+                 f"{r['max_batch_effect_mmhg']:.3f} |")
+  return '\n'.join(lines) + (f'\n\n{split} split, {rows[0]["weights"]} weight scales; mmHg. '
+                             'The pytorch rows are torch.ao.quantization.quantize_dynamic '
+                             'as the paper ran it.\n')
+
 
 def size_markdown(sizes: dict) -> str:
   lines = ['| component | float32 (bytes) | INT8 model (bytes) |', '|---|---|---|']
@@ -47,17 +102,26 @@ def comparison_markdown(reports: dict, split: str) -> str:
 
 
 def quantize_checkpoint(checkpoint: str, output: str, *, weights: str = 'channel',
-                        activations: str = 'tensor', eval_data: str = '', split: str = '',
-                        batch_size: int = 256, overwrite: bool = False) -> dict:
+                        activations: str = 'tensor', scheme: str = 'pytorch',
+                        reduce_range: bool = False, eval_data: str = '', split: str = '',
+                        batch_size: int = 256, overwrite: bool = False,
+                        schemes: bool = False) -> dict:
   """Quantizes `checkpoint` into `output`; returns {'sizes', 'reports' (if eval_data)}.
+
+  weights, activations, scheme, reduce_range: as in quantization.QuantSpec. schemes: with
+  eval_data, also compare the SCHEME_VARIANTS (schemes.md, result['schemes']).
 
   split: the split of eval_data compared on; '' = its test split (datasets.test_split).
   """
+  if schemes and not eval_data:
+    raise ValueError('comparing the schemes needs a prepared dataset to evaluate on '
+                     '(--eval_data)')
   params, model_config, metadata = checkpoints.load_model(checkpoint)
   if quantization.is_quantized(params):
     raise ValueError(f'{checkpoint} is already quantized')
-  spec = QuantSpec('int8_dynamic', weights=weights, activations=activations)
-  qparams = quantization.quantize_params(params, weights)
+  spec = QuantSpec('int8_dynamic', weights=weights, activations=activations, scheme=scheme,
+                   reduce_range=reduce_range)
+  qparams = quantization.quantize_params(params, weights, scheme)
   output = checkpoints.save_model(output, qparams, model_config,
                                   {**metadata, 'quantization': dataclasses.asdict(spec),
                                    'float_model': os.path.abspath(checkpoint)},
@@ -75,7 +139,8 @@ def quantize_checkpoint(checkpoint: str, output: str, *, weights: str = 'channel
   protocol = tfds_builders.protocol_of(builder)
   mesh = sharding.data_mesh()
   variants = {'float32': (params, QuantSpec()),
-              'int8_weights': (qparams, QuantSpec('int8_weights', weights=weights)),
+              'int8_weights': (qparams, QuantSpec('int8_weights', weights=weights,
+                                                  scheme=scheme)),
               'int8_dynamic': (qparams, spec)}
   reports = {}
   for name, (tree, variant_spec) in variants.items():
@@ -88,4 +153,13 @@ def quantize_checkpoint(checkpoint: str, output: str, *, weights: str = 'channel
   result['markdown'] += '\n' + comparison_markdown(reports, split)
   with open(os.path.join(output, 'quantization.md'), 'w') as f:
     f.write(result['markdown'])
+  if schemes:
+    result['schemes'] = compare_schemes(params, model_config, builder, split, batch_size,
+                                        weights)
+    table = schemes_markdown(result['schemes'], reports['float32'][split], split, batch_size)
+    with open(os.path.join(output, 'schemes.md'), 'w') as f:
+      f.write(table)
+    with open(os.path.join(output, 'schemes.json'), 'w') as f:
+      json.dump(result['schemes'], f, indent=2)
+    result['markdown'] += '\n' + table
   return result

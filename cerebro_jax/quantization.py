@@ -9,11 +9,23 @@ Modes (`QuantSpec.mode`):
   float32       the float model.
   int8_weights  weight-only: the model runs with dequantized weights (simulation).
   int8_dynamic  the paper's dynamic quantization: weights as above, and the input of each
-                quantized layer quantized to INT8 on the fly with a scale from the current
-                batch (per tensor, or per token). With integer=True the layer computes
-                int8 x int8 -> int32 products and applies the scales after (the real
-                integer path); with integer=False it runs dequantized values in float
-                (the simulation). The two agree to float rounding.
+                quantized layer quantized to 8 bits on the fly with a scale from the current
+                batch (per tensor), from each window, or from each token. With
+                integer=True the layer computes integer products summed in int32 and
+                applies the scales after (the real integer path); with integer=False it
+                runs dequantized values in float (the simulation). The two agree to float
+                rounding.
+
+Schemes (`QuantSpec.scheme`):
+  symmetric  int8 activations in [-127, 127] with scale max|x| / 127 (zero point 0), and
+             weights likewise: half the codes are wasted on inputs that are never
+             negative (GELU outputs), one code on the weights.
+  pytorch    exactly what torch.ao.quantization.quantize_dynamic runs: activations uint8
+             with a zero point, scale (max - min) / 255 from the range extended to hold 0
+             (ATen's ChooseQuantizationParams; reduce_range: 0..127, the fbgemm engine
+             on x86; qnnpack, the ARM engine, uses 0..255), inputs rounded after
+             multiplying by 1 / scale; weights int8 in [-128, 127] with scale
+             max|w| / 127.5 (MinMaxObserver, symmetric).
 
 Quantized parameters keep the float tree's layout; each quantized layer holds
 {'kernel': int8 (in, out), 'scale': float32 (out,) or (1,), 'bias': float32 (out,)}.
@@ -39,17 +51,28 @@ _QUANTIZED_LAYER = re.compile(r'^(encoder/blocks_\d+/(attn/(qkv|proj)|mlp/(fc1|f
 MODES = ('float32', 'int8_weights', 'int8_dynamic')
 
 
+SCHEMES = ('symmetric', 'pytorch')
+ACTIVATION_GRANULARITIES = ('tensor', 'window', 'token')
+# ATen's smallest activation scale (quant_utils.h SMALL_SCALE_THRESHOLD).
+_SMALL_SCALE = 6.1e-5
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantSpec:
-  """How a model runs: mode, weight scale granularity, activation scale granularity."""
+  """How a model runs: mode, scheme, weight and activation scale granularities."""
   mode: str = 'float32'
   weights: str = 'channel'  # 'channel' (per output channel) or 'tensor'
-  activations: str = 'tensor'  # 'tensor' or 'token' (int8_dynamic only)
-  integer: bool = True  # int8_dynamic: real int8 products (True) or simulation (False)
+  # int8_dynamic: one activation scale per 'tensor' (the batch: PyTorch's), per 'window'
+  # (a window's outputs then do not depend on the rest of its batch), or per 'token'.
+  activations: str = 'tensor'
+  integer: bool = True  # int8_dynamic: real integer products (True) or simulation (False)
+  scheme: str = 'symmetric'  # 'symmetric' or 'pytorch' (see the module docstring)
+  reduce_range: bool = False  # pytorch scheme: 7-bit activations, as fbgemm runs them
 
   def __post_init__(self):
     if self.mode not in MODES or self.weights not in ('channel', 'tensor') or (
-        self.activations not in ('tensor', 'token')):
+        self.activations not in ACTIVATION_GRANULARITIES or self.scheme not in SCHEMES
+        or (self.reduce_range and self.scheme != 'pytorch')):
       raise ValueError(f'bad quantization spec {self}')
 
   @classmethod
@@ -72,14 +95,81 @@ def quantize_tensor(x, axis=None):
   return jnp.clip(jnp.round(x / scale), -QMAX, QMAX).astype(jnp.int8), scale
 
 
-def quantize_params(params, weights: str = 'channel') -> dict:
+def quantize_weight(w, axis=None, scheme: str = 'symmetric'):
+  """A kernel to (int8 values, float32 scale) as `scheme` does it (module docstring);
+  axis as in quantize_tensor.
+
+  The pytorch scheme runs in numpy float32, operation for operation as torch does:
+  every channel's largest weight lands on +-127.5 steps, where one rounding decides
+  the code, so XLA's freedom to rewrite the arithmetic would change codes.
+  """
+  if scheme == 'symmetric':
+    return quantize_tensor(w, axis)
+  w = np.asarray(w, np.float32)
+  amax = np.max(np.abs(w), axis=axis, keepdims=axis is not None)
+  scale = np.maximum(amax / np.float32(127.5), np.finfo(np.float32).eps).astype(np.float32)
+  codes = np.rint(w * (np.float32(1) / scale))
+  return np.clip(codes, -128, 127).astype(np.int8), scale
+
+
+def _range_over(x_max, x_min, qmax: int):
+  """float32((x_max - x_min) / qmax) rounded once, as ATen computes it in double, with
+  float32 operations only: the difference and the quotient each carry their exact
+  rounding error along (TwoSum; a 12-bit split of the quotient makes its products with
+  qmax <= 255 exact). A scale one ulp off would move codes that sit on a boundary."""
+  diff = x_max - x_min
+  back = diff - x_max
+  diff_error = (x_max - (diff - back)) + (-x_min - back)
+  quotient = diff / qmax
+  high = (quotient * 4097) - ((quotient * 4097) - quotient)  # Veltkamp split
+  low = quotient - high
+  remainder = ((diff - high * qmax) - low * qmax) + diff_error
+  return quotient + remainder / qmax
+
+
+def choose_qparams(x_min, x_max, qmax: int):
+  """ATen's ChooseQuantizationParams for uint8 codes 0..qmax: (scale, zero point), both
+  float32, from a range that is first extended to hold 0. qmax 127 is fbgemm's reduced
+  range, whose scale torch computes in float32 (measured against torch 2.13)."""
+  x_min, x_max = jnp.minimum(x_min, 0.0), jnp.maximum(x_max, 0.0)
+  # fbgemm (7-bit, x86) divides in float32; ATen's own code (qnnpack, 8-bit) in double.
+  scale = (x_max - x_min) / qmax if qmax == 127 else _range_over(x_max, x_min, qmax)
+  scale = jnp.where((scale == 0) | jnp.isinf(1 / scale), 0.1, scale)
+  small = scale < _SMALL_SCALE  # tiny ranges: the scale is raised and the range with it
+  grow = jnp.where(small, _SMALL_SCALE / scale, 1.0)
+  x_min, x_max = (jnp.where(small & (x_max == 0), -_SMALL_SCALE * qmax, x_min * grow),
+                  jnp.where(small & (x_min == 0), _SMALL_SCALE * qmax, x_max * grow))
+  scale = jnp.maximum(scale, _SMALL_SCALE)
+  from_min_error = jnp.abs(x_min / scale)  # |qmin| = 0
+  from_max_error = qmax + jnp.abs(x_max / scale)
+  zero = jnp.where(from_min_error < from_max_error, -x_min / scale, qmax - x_max / scale)
+  return scale.astype(jnp.float32), jnp.clip(jnp.round(zero), 0, qmax).astype(jnp.float32)
+
+
+def quantize_activations(x, spec: QuantSpec):
+  """Dynamic activation quantization of a layer input (..., D) as `spec` says:
+  (integer codes minus zero point, as int8 for symmetric and int16 for pytorch; scale
+  float32 broadcastable to x)."""
+  axis = {'tensor': None, 'window': tuple(range(1, x.ndim)), 'token': -1}[spec.activations]
+  if spec.scheme == 'symmetric':
+    return quantize_tensor(x, axis)
+  keep = axis is not None
+  qmax = 127 if spec.reduce_range else 255
+  scale, zero = choose_qparams(jnp.min(x, axis=axis, keepdims=keep),
+                               jnp.max(x, axis=axis, keepdims=keep), qmax)
+  codes = jnp.clip(jnp.round(x * (1 / scale)) + zero, 0, qmax)
+  return (codes - zero).astype(jnp.int16), scale
+
+
+def quantize_params(params, weights: str = 'channel', scheme: str = 'symmetric') -> dict:
   """Float params -> quantized params (kernels of the paper's layers to INT8)."""
   flat = traverse_util.flatten_dict(params, sep='/')
   out = {}
   for path, value in flat.items():
     layer, _, name = path.rpartition('/')
     if name == 'kernel' and is_quantized_layer(layer):
-      q, scale = quantize_tensor(jnp.asarray(value), axis=0 if weights == 'channel' else None)
+      q, scale = quantize_weight(jnp.asarray(value), 0 if weights == 'channel' else None,
+                                 scheme)
       out[path] = np.asarray(q)
       out[f'{layer}/scale'] = np.asarray(scale).reshape(-1)
     else:
@@ -105,8 +195,8 @@ def is_quantized(params) -> bool:
   return any(leaf.dtype == jnp.int8 for leaf in jax.tree.leaves(params))
 
 
-def _dynamic_interceptor(per_token: bool, integer: bool):
-  """Quantizes the input of the paper's Dense layers to INT8 with a per-batch scale."""
+def _dynamic_interceptor(spec: QuantSpec):
+  """Quantizes the input of the paper's Dense layers to 8 bits on the fly (`spec`)."""
 
   def intercept(next_fun, args, kwargs, context):
     module = context.module
@@ -114,11 +204,12 @@ def _dynamic_interceptor(per_token: bool, integer: bool):
             and is_quantized_layer('/'.join(module.path))):
       return next_fun(*args, **kwargs)
     x = jnp.asarray(args[0], jnp.float32)
-    x_q, x_scale = quantize_tensor(x, axis=-1 if per_token else None)
-    if not integer:
+    x_q, x_scale = quantize_activations(x, spec)
+    if not spec.integer:
       return next_fun(x_q.astype(jnp.float32) * x_scale, **kwargs)
     params = module.variables['params']
-    products = jax.lax.dot_general(x_q, params['kernel'], (((x.ndim - 1,), (0,)), ((), ())),
+    products = jax.lax.dot_general(x_q, params['kernel'].astype(x_q.dtype),
+                                   (((x.ndim - 1,), (0,)), ((), ())),
                                    preferred_element_type=jnp.int32)
     return products.astype(jnp.float32) * x_scale * params['scale'] + params['bias']
 
@@ -134,7 +225,7 @@ def make_apply(model_config: ModelConfig, spec: QuantSpec = QuantSpec()):
     return lambda params, x: module.apply({'params': params}, x)
   if spec.mode == 'int8_weights':
     return lambda qparams, x: module.apply({'params': dequantize_params(qparams)}, x)
-  interceptor = _dynamic_interceptor(spec.activations == 'token', spec.integer)
+  interceptor = _dynamic_interceptor(spec)
 
   def apply(qparams, x):
     with nn.intercept_methods(interceptor):

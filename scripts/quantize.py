@@ -22,14 +22,26 @@ _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Float model directory.', 
 _OUTPUT = flags.DEFINE_string('output', None, 'INT8 model directory to create.', required=True)
 _WEIGHTS = flags.DEFINE_enum('weights', 'channel', ['channel', 'tensor'],
                              'One weight scale per output channel, or per tensor.')
-_ACTIVATIONS = flags.DEFINE_enum('activations', 'tensor', ['tensor', 'token'],
-                                 'Dynamic activation scale per tensor (PyTorch\'s dynamic '
-                                 'quantization) or per token.')
+_ACTIVATIONS = flags.DEFINE_enum(
+    'activations', 'tensor', ['tensor', 'window', 'token'],
+    'Dynamic activation scale per tensor (the whole batch: PyTorch\'s dynamic quantization), '
+    'per window (a window\'s estimate then does not depend on its batch) or per token.')
+_SCHEME = flags.DEFINE_enum(
+    'activation_scheme', 'pytorch', ['pytorch', 'symmetric'],
+    'pytorch: exactly torch\'s quantize_dynamic (uint8 activations with a zero point, int8 '
+    'weights with scale max|w|/127.5), the paper\'s scheme; symmetric: int8 activations and '
+    'weights with scale max|x|/127 and no zero point.')
+_REDUCE_RANGE = flags.DEFINE_bool(
+    'reduce_range', False, 'pytorch scheme: 7-bit activations (0..127), as PyTorch\'s fbgemm '
+    'engine runs them on x86; default: all 8 bits, as its qnnpack engine (ARM) does.')
 _EVAL_DATA = flags.DEFINE_string('eval_data', '', 'Prepared dataset to compare accuracy on.')
 _SPLIT = flags.DEFINE_string('split', '', 'Split of --eval_data to compare on (default: its '
                              'test split; test_calbased first for PulseDB\'s official files).')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 256, 'Evaluation batch.', lower_bound=1)
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace --output if it exists.')
+_SCHEMES = flags.DEFINE_bool('compare_schemes', False, 'With --eval_data: also evaluate the '
+                             'dynamic INT8 schemes side by side (schemes.md): symmetric, '
+                             'PyTorch fbgemm and qnnpack, per-window scales.')
 
 
 def main(argv):
@@ -37,8 +49,9 @@ def main(argv):
   try:
     result = ptq.quantize_checkpoint(
         _CHECKPOINT.value, _OUTPUT.value, weights=_WEIGHTS.value,
-        activations=_ACTIVATIONS.value, eval_data=_EVAL_DATA.value, split=_SPLIT.value,
-        batch_size=_BATCH_SIZE.value, overwrite=_OVERWRITE.value)
+        activations=_ACTIVATIONS.value, scheme=_SCHEME.value, reduce_range=_REDUCE_RANGE.value,
+        eval_data=_EVAL_DATA.value, split=_SPLIT.value,
+        batch_size=_BATCH_SIZE.value, overwrite=_OVERWRITE.value, schemes=_SCHEMES.value)
   except (checkpoints.ModelCheckpointError, DatasetNotFoundError, FileExistsError,
           ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
