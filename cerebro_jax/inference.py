@@ -114,17 +114,25 @@ def read_any_record(path: str) -> Record:
   return mimic3.read_record(path.removesuffix('.hea'))
 
 
-def predict_record(params, config: ModelConfig, path: str, batch_size: int = 256,
-                   spec: QuantSpec = QuantSpec()) -> list[dict]:
+def model_predictor(params, config: ModelConfig, batch_size: int = 256,
+                    spec: QuantSpec = QuantSpec()):
+  """predict_windows of a model's params as a function of the windows alone (what
+  predict_record takes; litert.load_predictor gives one for a LiteRT file)."""
+  return functools.partial(predict_windows, params, config, batch_size=batch_size, spec=spec)
+
+
+def predict_record(predict, path: str) -> list[dict]:
   """One row per 10-s window of a record: start_s, SBP and DBP (mmHg; empty where the
-  ECG or PPG has a gap) and 'quality': 'accepted' or the quality rule it failed."""
+  ECG or PPG has a gap) and 'quality': 'accepted' or the quality rule it failed.
+
+  predict: (N, 2, 1250) windows -> (N, 2) [DBP, SBP] (model_predictor, or a LiteRT file's).
+  """
   record = read_any_record(path)
   windows = list(windows_of(record))
   usable = [i for i, w in enumerate(windows) if w.signals is not None]
   bp = {}
   if usable:
-    out = model_lib.named_outputs(predict_windows(
-        params, config, np.stack([windows[i].signals for i in usable]), batch_size, spec))
+    out = model_lib.named_outputs(predict(np.stack([windows[i].signals for i in usable])))
     bp = {i: (out['sbp_mmhg'][k], out['dbp_mmhg'][k]) for k, i in enumerate(usable)}
   return [{'record': record.record, 'start_s': f'{w.start_s:.3f}',
            'sbp_mmhg': f'{bp[i][0]:.9g}' if i in bp else '',

@@ -4,6 +4,10 @@ r"""Predicts SBP and DBP (mmHg) with a cerebro-bp model, from windows or from a 
       --windows windows.npy --output predictions.csv
   python -m cerebro_jax.predict --checkpoint runs/default/model \
       --record mimic3wdb/p000020-2183-04-28-17-47 --output p000020.csv
+  python -m cerebro_jax.predict --checkpoint model.tflite --windows windows.npy --output p.csv
+
+--checkpoint: a model directory (float or INT8) or a LiteRT file from
+scripts/export_litert.py, run with the ai-edge-litert interpreter.
 
 --windows: an (N, 2, 1250) float32 .npy array: channel 0 ECG, channel 1 PPG, 10 s at
 125 Hz, each min-max scaled to [0, 1] as in PulseDB (--scale does it for raw values;
@@ -16,17 +20,19 @@ or the rule the window failed (its prediction is still given when ECG and PPG ar
 present, and should not be trusted).
 """
 
+import os
 import sys
 import time
 
 from absl import flags
 
-from cerebro_jax import checkpoints, cli, inference
+from cerebro_jax import checkpoints, cli, inference, litert
 from cerebro_jax.quantization import QuantSpec
 from input_pipeline.records import RecordError
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Model directory (from '
-                                  'scripts/convert_weights.py or training).', required=True)
+                                  'scripts/convert_weights.py or training), or a LiteRT '
+                                  '.tflite file (scripts/export_litert.py).', required=True)
 _WINDOWS = flags.DEFINE_string('windows', None, '(N, 2, 1250) float32 .npy file of '
                                'ECG + PPG windows (or give --record).')
 _RECORD = flags.DEFINE_string('record', None, 'A WFDB record path or a .vital file to window '
@@ -44,28 +50,34 @@ def main(argv):
     return 1
   start = time.perf_counter()
   try:
-    params, config, metadata = checkpoints.load_model(_CHECKPOINT.value)
-    spec = QuantSpec.from_metadata(metadata)
+    predict, what = _predictor(_CHECKPOINT.value)
     if _RECORD.value:
-      rows = inference.predict_record(params, config, _RECORD.value, _BATCH_SIZE.value, spec)
+      rows = inference.predict_record(predict, _RECORD.value)
       inference.write_record_csv(_OUTPUT.value, rows)
       accepted = sum(r['quality'] == 'accepted' for r in rows)
       summary = f'{len(rows)} windows ({accepted} passed the quality checks)'
     else:
-      predictions = inference.predict_windows(params, config,
-                                              inference.load_windows(_WINDOWS.value,
-                                                                     _SCALE.value),
-                                              _BATCH_SIZE.value, spec)
+      predictions = predict(inference.load_windows(_WINDOWS.value, _SCALE.value))
       inference.write_predictions_csv(_OUTPUT.value, predictions)
       summary = f'{len(predictions)} windows'
   except (checkpoints.ModelCheckpointError, inference.WindowsError, RecordError,
-          FileNotFoundError) as e:
+          litert.LiteRTError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  print(f'{summary} -> {_OUTPUT.value} ({time.perf_counter() - start:.2f} s, '
-        f'CEReBrO {config.size}, {spec.mode})')
+  print(f'{summary} -> {_OUTPUT.value} ({time.perf_counter() - start:.2f} s, {what})')
   return 0
 
+
+def _predictor(checkpoint: str):
+  """(windows -> outputs, a description) of a model directory or a .tflite file."""
+  if checkpoint.endswith('.tflite'):
+    if not os.path.isfile(checkpoint):
+      raise FileNotFoundError(f'{checkpoint}: no such LiteRT file')
+    return litert.load_predictor(checkpoint), f'LiteRT {os.path.basename(checkpoint)}'
+  params, config, metadata = checkpoints.load_model(checkpoint)
+  spec = QuantSpec.from_metadata(metadata)
+  return (inference.model_predictor(params, config, _BATCH_SIZE.value, spec),
+          f'CEReBrO {config.size}, {spec.mode}')
 
 if __name__ == '__main__':
   cli.run(main)

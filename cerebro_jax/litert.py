@@ -1,0 +1,94 @@
+"""LiteRT (TensorFlow Lite) files of a BP model, for phones and wearables, and running them.
+
+Route (LiteRT's documented one for JAX): jax2tf.convert of the float model's forward
+pass -> a TensorFlow SavedModel with the signature `serving_default` -> the TFLite
+converter, which also quantizes:
+  none          float32 weights and compute.
+  dynamic_int8  the converter's dynamic-range quantization: int8 weights, activations
+                quantized on the fly (the LiteRT counterpart of the paper's PyTorch INT8).
+The signature takes `windows` (batch, 2, 1250) float32, min-max scaled as for the JAX
+model, and returns `sbp_mmhg` and `dbp_mmhg` (batch,). Files run with the ai-edge-litert
+interpreter (XNNPACK on CPUs).
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+
+from cerebro_jax import model as model_lib, quantization
+from cerebro_jax.model_config import ModelConfig
+
+# static_int8 (full-integer, calibrated) is not offered: the converter of TensorFlow 2.21
+# writes such a file for this model, but both the ai-edge-litert 2.3 and TensorFlow 2.21
+# interpreters abort on it (the int8 ops of the exact GELU's erf expansion).
+QUANTIZATIONS = ('none', 'dynamic_int8')
+SIGNATURE = 'serving_default'
+INPUT = 'windows'
+WINDOW_SHAPE = (2, 1250)
+
+
+class LiteRTError(ValueError):
+  """A LiteRT export or file that cannot be used, with the reason."""
+
+
+def export(params, config: ModelConfig, output: str, quantization_: str = 'none',
+           batch: int = 1) -> int:
+  """Writes the LiteRT flatbuffer of float `params` to `output`; returns its size (bytes)."""
+  if quantization_ not in QUANTIZATIONS:
+    raise LiteRTError(f'quantization must be one of {QUANTIZATIONS}, got {quantization_!r}')
+  if quantization.is_quantized(params):
+    raise LiteRTError('this model directory is already INT8 (JAX); export the float model '
+                      'and let the converter quantize it (--quantization)')
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel  (export only)
+  from jax.experimental import jax2tf  # pylint: disable=import-outside-toplevel
+  module = model_lib.CerebroBP(config)
+  forward = jax2tf.convert(lambda x: module.apply({'params': params}, x),
+                           with_gradient=False)
+
+  @tf.function(autograph=False, input_signature=[
+      tf.TensorSpec((batch, *WINDOW_SHAPE), tf.float32, name=INPUT)])
+  def serve(windows):
+    outputs = forward(windows)
+    return {name: outputs[:, i] for i, name in enumerate(model_lib.OUTPUT_COLUMNS)}
+
+  holder = tf.Module()
+  holder.serve = serve
+  with tempfile.TemporaryDirectory() as saved:
+    tf.saved_model.save(holder, saved, signatures={SIGNATURE: serve})
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=[SIGNATURE])
+    if quantization_ == 'dynamic_int8':
+      converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    flatbuffer = converter.convert()
+  with open(output, 'wb') as f:
+    f.write(flatbuffer)
+  return len(flatbuffer)
+
+
+def load_predictor(path: str):
+  """A function (N, 2, 1250) float32 windows -> (N, 2) [DBP, SBP] mmHg running the LiteRT
+  file at `path`, batch by batch at the file's batch size (the last batch padded)."""
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
+  try:
+    interpreter = Interpreter(model_path=path)
+    runner = interpreter.get_signature_runner(SIGNATURE)
+  except (ValueError, RuntimeError) as e:
+    raise LiteRTError(f'{path}: not a cerebro-bp LiteRT file ({e})') from e
+  inputs = runner.get_input_details()
+  if INPUT not in inputs or tuple(inputs[INPUT]['shape'][1:]) != WINDOW_SHAPE:
+    raise LiteRTError(f'{path}: its {SIGNATURE} signature does not take {INPUT} '
+                      f'(batch, 2, 1250) (it takes {sorted(inputs)})')
+  batch = int(inputs[INPUT]['shape'][0])
+
+  def predict(windows: np.ndarray) -> np.ndarray:
+    outputs = []
+    for start in range(0, len(windows), batch):
+      part = windows[start:start + batch]
+      padded = np.concatenate([part, np.zeros((batch - len(part), *WINDOW_SHAPE),
+                                              np.float32)])
+      out = runner(**{INPUT: padded})
+      outputs.append(np.stack([out[name] for name in model_lib.OUTPUT_COLUMNS], -1)[:len(part)])
+    return np.concatenate(outputs).astype(np.float32)
+
+  return predict

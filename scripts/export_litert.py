@@ -1,0 +1,56 @@
+r"""Writes a LiteRT (TensorFlow Lite) file of a cerebro-bp model for phones and wearables.
+
+  python scripts/export_litert.py --checkpoint runs/default/model \
+      --output runs/default/model.tflite --quantization=dynamic_int8
+
+The file's signature `serving_default` takes `windows` (batch, 2, 1250) float32 (ECG and
+PPG, each min-max scaled to [0, 1]) and returns `sbp_mmhg` and `dbp_mmhg` (batch,).
+`python -m cerebro_jax.predict --checkpoint FILE.tflite` runs it. Prints the file size
+beside the float32 model's arrays, and the largest difference from the JAX model on
+random windows.
+"""
+
+import os
+import sys
+
+import numpy as np
+from absl import flags
+
+from cerebro_jax import checkpoints, cli, inference, litert, quantization
+
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Float model directory.', required=True)
+_OUTPUT = flags.DEFINE_string('output', None, 'The .tflite file to write.', required=True)
+_QUANTIZATION = flags.DEFINE_enum(
+    'quantization', 'none', list(litert.QUANTIZATIONS), 'none: float32; dynamic_int8: the '
+    'LiteRT converter\'s dynamic-range INT8 (int8 weights, activations quantized on the fly).')
+_BATCH = flags.DEFINE_integer('batch', 1, 'Windows per call of the file (fixed in it).',
+                              lower_bound=1)
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace --output if it exists.')
+
+
+def main(argv):
+  del argv
+  if not _OUTPUT.value.endswith('.tflite'):
+    print(f'error: --output {_OUTPUT.value} should end in .tflite', file=sys.stderr)
+    return 1
+  if os.path.exists(_OUTPUT.value) and not _OVERWRITE.value:
+    print(f'error: {_OUTPUT.value} exists; pass --overwrite to replace it', file=sys.stderr)
+    return 1
+  try:
+    params, config, _ = checkpoints.load_model(_CHECKPOINT.value)
+    size = litert.export(params, config, _OUTPUT.value, _QUANTIZATION.value, _BATCH.value)
+  except (checkpoints.ModelCheckpointError, litert.LiteRTError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  windows = np.random.default_rng(0).random((4, 2, 1250), dtype=np.float32)
+  change = np.abs(litert.load_predictor(_OUTPUT.value)(windows)
+                  - inference.predict_windows(params, config, windows)).max()
+  float_mib = quantization.size_table(params, params)['float32_mib']
+  print(f'{_OUTPUT.value}: {size / 2**20:.2f} MiB ({_QUANTIZATION.value}; the float32 '
+        f'arrays: {float_mib:.2f} MiB); largest difference from the JAX model on 4 random '
+        f'windows: {change:.4f} mmHg')
+  return 0
+
+
+if __name__ == '__main__':
+  cli.run(main)
