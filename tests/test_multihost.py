@@ -6,6 +6,7 @@ Launches `python -m cerebro_jax.main` as a user would on two hosts: the same com
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -37,21 +38,39 @@ def _free_port() -> int:
 
 
 def _launch(workdir, epochs: int, devices: int, process_id=None, port=None):
+  """Starts main; its output goes to a file beside the workdir (a pipe that nobody reads
+  while the other process is waited for fills up and blocks it inside a collective)."""
   command = [sys.executable, '-m', 'cerebro_jax.main', '--config=configs/default.py',
              f'--workdir={workdir}', f'--config.num_epochs={epochs}', *_OVERRIDES]
   if port is not None:
     command += [f'--coordinator_address=localhost:{port}', '--num_processes=2',
                 f'--process_id={process_id}']
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': str(devices),
-         'TF_CPP_MIN_LOG_LEVEL': '2'}
-  return subprocess.Popen(command, cwd=REPO_ROOT, env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+         'TF_CPP_MIN_LOG_LEVEL': '2', 'PYTHONFAULTHANDLER': '1'}
+  log = open(f'{workdir}.{epochs}.{process_id}.log', 'w')  # pylint: disable=consider-using-with
+  process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, text=True, stdout=log,
+                             stderr=subprocess.STDOUT)
+  process.log = log
+  return process
 
 
 def _finish(*processes, timeout=240) -> list[str]:
-  outputs = [p.communicate(timeout=timeout)[0] for p in processes]
+  """Waits for every process; their outputs. Processes still running after `timeout` s
+  (a hang) are stopped with SIGABRT, so that faulthandler writes where each one was."""
+  try:
+    for p in processes:
+      p.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    pass
+  finally:
+    for p in processes:
+      if p.poll() is None:
+        p.send_signal(signal.SIGABRT)
+        p.wait(timeout=30)
+      p.log.close()
+  outputs = [open(p.log.name).read() for p in processes]  # pylint: disable=consider-using-with
   for p, out in zip(processes, outputs):
-    assert p.returncode == 0, out[-4000:]
+    assert p.returncode == 0, out[-6000:]
   return outputs
 
 
