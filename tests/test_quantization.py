@@ -256,7 +256,7 @@ def test_pytorch_scheme_is_torch_quantize_dynamic_per_layer(engine, weights, inp
   rng = np.random.default_rng(3)
   x = rng.normal(0.3, 1.0, (8, 38, 192)).astype(np.float32)
   if inputs == 'gelu':
-    x = np.asarray(jax.nn.gelu(x, approximate=False))
+    x = np.array(jax.nn.gelu(x, approximate=False))  # writable, as torch.from_numpy wants
   expected, float_out = _torch_dynamic(linear, engine, weights, x)
   params = {'head': {'kernel': linear[0].weight.detach().numpy().T,
                      'bias': linear[0].bias.detach().numpy()}}
