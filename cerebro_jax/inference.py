@@ -84,13 +84,22 @@ def predict_windows(params, config: ModelConfig, windows: np.ndarray, batch_size
   windows = check_windows(windows)
   forward = _forward(config, spec)
   params = jax.tree.map(jnp.asarray, params)
+  return in_batches(lambda batch: forward(params, batch), windows, batch_size,
+                    fixed=windows.shape[0] > batch_size)
+
+
+def in_batches(forward, windows: np.ndarray, batch_size: int, fixed: bool) -> np.ndarray:
+  """forward((B, 2, 1250)) -> (B, 2) over `windows` in batches of `batch_size`: (N, 2).
+
+  fixed: pad a short last batch with zero windows, so that every call has one shape (one
+  compiled program; a LiteRT file's fixed batch)."""
   outputs = []
   for start in range(0, windows.shape[0], batch_size):
     batch = windows[start:start + batch_size]
     size = batch.shape[0]
-    if size < batch_size and windows.shape[0] > batch_size:
+    if fixed and size < batch_size:
       batch = np.concatenate([batch, np.zeros((batch_size - size,) + WINDOW_SHAPE, np.float32)])
-    outputs.append(np.asarray(forward(params, batch))[:size])
+    outputs.append(np.asarray(forward(batch))[:size])
   return np.concatenate(outputs)
 
 

@@ -17,7 +17,7 @@ import tempfile
 
 import numpy as np
 
-from cerebro_jax import model as model_lib, quantization
+from cerebro_jax import inference, model as model_lib, quantization
 from cerebro_jax.model_config import ModelConfig
 
 # static_int8 (full-integer, calibrated) is not offered: the converter of TensorFlow 2.21
@@ -26,7 +26,7 @@ from cerebro_jax.model_config import ModelConfig
 QUANTIZATIONS = ('none', 'dynamic_int8')
 SIGNATURE = 'serving_default'
 INPUT = 'windows'
-WINDOW_SHAPE = (2, 1250)
+WINDOW_SHAPE = inference.WINDOW_SHAPE  # (ECG, PPG) x 10 s at 125 Hz
 
 
 class LiteRTError(ValueError):
@@ -81,14 +81,8 @@ def load_predictor(path: str):
                       f'(batch, 2, 1250) (it takes {sorted(inputs)})')
   batch = int(inputs[INPUT]['shape'][0])
 
-  def predict(windows: np.ndarray) -> np.ndarray:
-    outputs = []
-    for start in range(0, len(windows), batch):
-      part = windows[start:start + batch]
-      padded = np.concatenate([part, np.zeros((batch - len(part), *WINDOW_SHAPE),
-                                              np.float32)])
-      out = runner(**{INPUT: padded})
-      outputs.append(np.stack([out[name] for name in model_lib.OUTPUT_COLUMNS], -1)[:len(part)])
-    return np.concatenate(outputs).astype(np.float32)
+  def forward(windows: np.ndarray) -> np.ndarray:
+    out = runner(**{INPUT: windows})
+    return np.stack([out[name] for name in model_lib.OUTPUT_COLUMNS], -1).astype(np.float32)
 
-  return predict
+  return lambda windows: inference.in_batches(forward, windows, batch, fixed=True)

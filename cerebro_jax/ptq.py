@@ -31,22 +31,28 @@ SCHEME_VARIANTS = {
 _SMALL_BATCH = 8
 
 
-def compare_schemes(params, model_config, builder, split: str, batch_size: int,
-                    weights: str = 'channel') -> list[dict]:
-  """Each SCHEME_VARIANTS entry on `split` against the float model, one row each (mmHg):
-  SBP and DBP MAE; mean and largest |INT8 - float32| estimate; largest change of an
-  estimate when the split is batched by _SMALL_BATCH x devices instead of `batch_size`."""
+def _predict_split(tree, model_config, builder, split: str, batch_size: int,
+                   spec: QuantSpec) -> dict:
+  """evaluation.predict_split of host params (float or quantized, as `spec` says) on all
+  devices."""
   mesh = sharding.data_mesh()
+  return evaluation.predict_split(jax.device_put(tree, sharding.replicated(mesh)),
+                                  model_config, builder, split, batch_size, mesh, spec)
+
+
+def compare_schemes(params, model_config, builder, split: str, batch_size: int,
+                    reference: dict, weights: str = 'channel') -> list[dict]:
+  """Each SCHEME_VARIANTS entry on `split` against the float model's `reference` outputs
+  (predict_split's), one row each (mmHg): SBP and DBP MAE; mean and largest
+  |INT8 - float32| estimate; largest change of an estimate when the split is batched by
+  _SMALL_BATCH x devices instead of `batch_size`."""
   small = _SMALL_BATCH * jax.device_count()
-  predict = lambda tree, spec, batch: evaluation.predict_split(
-      jax.device_put(tree, sharding.replicated(mesh)), model_config, builder, split, batch,
-      mesh, spec)
-  reference = predict(params, QuantSpec(), batch_size)
   rows = []
   for name, options in SCHEME_VARIANTS.items():
     spec = QuantSpec('int8_dynamic', weights=weights, **options)
     qparams = quantization.quantize_params(params, weights, spec.scheme)
-    out, rebatched = predict(qparams, spec, batch_size), predict(qparams, spec, small)
+    out, rebatched = (_predict_split(qparams, model_config, builder, split, b, spec)
+                      for b in (batch_size, small))
     change = np.abs(np.stack([out[t] - reference[t] for t in metrics.TARGETS]))
     rows.append({'variant': name, **dataclasses.asdict(spec),
                  'sbp_mae': float(np.abs(out['sbp'] - out['sbp_ref']).mean()),
@@ -137,16 +143,14 @@ def quantize_checkpoint(checkpoint: str, output: str, *, weights: str = 'channel
   train_means = datasets.split_means(builder)
   split = split or datasets.test_split(builder)
   protocol = tfds_builders.protocol_of(builder)
-  mesh = sharding.data_mesh()
   variants = {'float32': (params, QuantSpec()),
               'int8_weights': (qparams, QuantSpec('int8_weights', weights=weights,
                                                   scheme=scheme)),
               'int8_dynamic': (qparams, spec)}
-  reports = {}
-  for name, (tree, variant_spec) in variants.items():
-    out = evaluation.predict_split(jax.device_put(tree, sharding.replicated(mesh)),
-                                   model_config, builder, split, batch_size, mesh, variant_spec)
-    reports[name] = {split: evaluation.split_report(out, train_means, protocol, split)}
+  outputs = {name: _predict_split(tree, model_config, builder, split, batch_size, variant_spec)
+             for name, (tree, variant_spec) in variants.items()}
+  reports = {name: {split: evaluation.split_report(out, train_means, protocol, split)}
+             for name, out in outputs.items()}
   with open(os.path.join(output, 'metrics.json'), 'w') as f:
     json.dump(reports, f, indent=2)
   result['reports'] = reports
@@ -155,7 +159,7 @@ def quantize_checkpoint(checkpoint: str, output: str, *, weights: str = 'channel
     f.write(result['markdown'])
   if schemes:
     result['schemes'] = compare_schemes(params, model_config, builder, split, batch_size,
-                                        weights)
+                                        outputs['float32'], weights)
     table = schemes_markdown(result['schemes'], reports['float32'][split], split, batch_size)
     with open(os.path.join(output, 'schemes.md'), 'w') as f:
       f.write(table)

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 from absl import flags
 
-from cerebro_jax import checkpoints, cli, inference, litert, quantization
+from cerebro_jax import checkpoints, cli, inference, litert, model as model_lib
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Float model directory.', required=True)
 _OUTPUT = flags.DEFINE_string('output', None, 'The .tflite file to write.', required=True)
@@ -45,7 +45,7 @@ def main(argv):
   windows = np.random.default_rng(0).random((4, 2, 1250), dtype=np.float32)
   change = np.abs(litert.load_predictor(_OUTPUT.value)(windows)
                   - inference.predict_windows(params, config, windows)).max()
-  float_mib = quantization.size_table(params, params)['float32_mib']
+  float_mib = model_lib.count_params(params) * 4 / 2**20  # float32 arrays
   print(f'{_OUTPUT.value}: {size / 2**20:.2f} MiB ({_QUANTIZATION.value}; the float32 '
         f'arrays: {float_mib:.2f} MiB); largest difference from the JAX model on 4 random '
         f'windows: {change:.4f} mmHg')
