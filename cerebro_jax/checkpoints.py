@@ -68,8 +68,15 @@ def load_model(directory: str | os.PathLike) -> tuple[dict, ModelConfig, dict[st
   except (ValueError, OSError, KeyError) as e:
     raise ModelCheckpointError(f'{directory}: cannot restore the checkpoint: {e}') from e
   params = jax.tree.map(np.asarray, restored.params)
+  metadata = dict(meta.metadata or {})
   check_params(params, config, directory)
-  return params, config, dict(meta.metadata or {})
+  try:
+    problems = quantization.spec_problems(params, quantization.QuantSpec.from_metadata(metadata))
+  except (TypeError, ValueError) as e:
+    raise ModelCheckpointError(f'{directory}: bad quantization metadata: {e}') from e
+  if problems:
+    raise ModelCheckpointError(f'{directory}: ' + '; '.join(problems))
+  return params, config, metadata
 
 
 def check_params(params, config: ModelConfig, where: str = 'params') -> None:

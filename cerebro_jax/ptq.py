@@ -4,7 +4,10 @@
 which `python -m cerebro_jax.predict` runs with the integer path) with sizes.json and,
 given a prepared dataset, metrics.json and quantization.md comparing float32,
 weight-only INT8 and weight+activation INT8 on the same windows, and on request
-schemes.md and schemes.json: the dynamic INT8 schemes side by side (`compare_schemes`).
+schemes.md and schemes.json: the dynamic INT8 schemes side by side (`compare_schemes`),
+and static.md and static.json: static INT8 over observers, activation schemes and weight
+granularities (`compare_static`). With mode='static' the model written is static INT8,
+calibrated on windows of a prepared dataset's training split.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import os
 import jax
 import numpy as np
 
-from cerebro_jax import checkpoints, datasets, evaluation, metrics, quantization, sharding
+from cerebro_jax import (calibration, checkpoints, datasets, evaluation, metrics, quantization,
+                         sharding)
 from cerebro_jax.quantization import QuantSpec
 from input_pipeline import pipeline, tfds_builders
 
@@ -29,6 +33,10 @@ SCHEME_VARIANTS = {
 }
 # The second batching of the schemes table: per-batch scales change with it.
 _SMALL_BATCH = 8
+# The static INT8 grid: every observer x activation scheme x weight granularity.
+STATIC_GRID = [(observer, scheme, weights) for observer in calibration.OBSERVERS
+               for scheme in ('pytorch', 'symmetric') for weights in ('channel', 'tensor')]
+_ACTIVATIONS_NAME = {'pytorch': 'affine uint8', 'symmetric': 'symmetric int8'}
 
 
 def _predict_split(tree, model_config, builder, split: str, batch_size: int,
@@ -62,6 +70,60 @@ def compare_schemes(params, model_config, builder, split: str, batch_size: int,
                  'max_batch_effect_mmhg': float(max(np.abs(out[t] - rebatched[t]).max()
                                                     for t in metrics.TARGETS))})
   return rows
+
+
+def _error_row(out: dict, reference: dict) -> dict:
+  """Accuracy (MAE, ME, SD against the references) and the change against the float
+  model's `reference` outputs, mmHg."""
+  row = {}
+  for t in metrics.TARGETS:
+    error = out[t] - out[f'{t}_ref']
+    row.update({f'{t}_mae': float(np.abs(error).mean()), f'{t}_me': float(error.mean()),
+                f'{t}_sd': float(error.std())})
+  change = np.abs(np.stack([out[t] - reference[t] for t in metrics.TARGETS]))
+  return {**row, 'mean_abs_change_mmhg': float(change.mean()),
+          'max_abs_change_mmhg': float(change.max())}
+
+
+def calibration_windows(calibration_data: str, count: int) -> np.ndarray:
+  """`count` windows spread over the training split of a prepared dataset."""
+  return pipeline.spread_windows(pipeline.load_builder(calibration_data), 'train', count)
+
+
+def compare_static(params, model_config, builder, split: str, batch_size: int,
+                   reference: dict, windows: np.ndarray, percentile: float) -> list[dict]:
+  """Static INT8 for each STATIC_GRID configuration, calibrated on `windows`, on `split`
+  against the float model's `reference` outputs: one _error_row each."""
+  ranges = {observer: calibration.layer_ranges(params, model_config, windows, observer,
+                                               percentile)
+            for observer in calibration.OBSERVERS}
+  rows = []
+  for observer, scheme, weights in STATIC_GRID:
+    spec = QuantSpec('int8_static', weights=weights, scheme=scheme)
+    qparams = calibration.static_params(params, ranges[observer], spec)
+    out = _predict_split(qparams, model_config, builder, split, batch_size, spec)
+    rows.append({'observer': observer, 'activations': _ACTIVATIONS_NAME[scheme],
+                 'weights': weights, **_error_row(out, reference)})
+  return rows
+
+
+def static_markdown(rows: list[dict], float_row: dict, dynamic_row: dict, split: str,
+                    calibration_count: int, percentile: float) -> str:
+  """The static INT8 table, with the float model and the paper's dynamic INT8 above it."""
+  lines = ['| observer | activations | weights | SBP MAE | SBP ME +- SD | DBP MAE | '
+           'DBP ME +- SD | mean / max abs(INT8 - float32) |', '|---|---|---|---|---|---|---|---|']
+  labelled = [('float32', '-', '-', float_row),
+              ('dynamic (paper)', 'affine uint8, per batch', 'channel', dynamic_row)]
+  labelled += [(r['observer'], r['activations'], r['weights'], r) for r in rows]
+  for observer, activations, weights, r in labelled:
+    lines.append(f"| {observer} | {activations} | {weights} | {r['sbp_mae']:.3f} | "
+                 f"{r['sbp_me']:+.2f} +- {r['sbp_sd']:.2f} | {r['dbp_mae']:.3f} | "
+                 f"{r['dbp_me']:+.2f} +- {r['dbp_sd']:.2f} | "
+                 f"{r['mean_abs_change_mmhg']:.3f} / {r['max_abs_change_mmhg']:.3f} |")
+  return '\n'.join(lines) + (
+      f'\n\n{split} split; mmHg. Static: activation ranges calibrated on {calibration_count} '
+      f'training windows (minmax: their extremes; percentile: {100 - percentile:g}% cut from '
+      'each tail), then fixed.\n')
 
 
 def schemes_markdown(rows: list[dict], float_report: dict, split: str,
@@ -109,25 +171,47 @@ def comparison_markdown(reports: dict, split: str) -> str:
 
 def quantize_checkpoint(checkpoint: str, output: str, *, weights: str = 'channel',
                         activations: str = 'tensor', scheme: str = 'pytorch',
-                        reduce_range: bool = False, eval_data: str = '', split: str = '',
-                        batch_size: int = 256, overwrite: bool = False,
-                        schemes: bool = False) -> dict:
+                        reduce_range: bool = False, mode: str = 'dynamic',
+                        observer: str = 'minmax', percentile: float = 99.99,
+                        calibration_data: str = '', calibration_count: int = 512,
+                        eval_data: str = '', split: str = '', batch_size: int = 256,
+                        overwrite: bool = False, schemes: bool = False,
+                        static: bool = False) -> dict:
   """Quantizes `checkpoint` into `output`; returns {'sizes', 'reports' (if eval_data)}.
 
-  weights, activations, scheme, reduce_range: as in quantization.QuantSpec. schemes: with
-  eval_data, also compare the SCHEME_VARIANTS (schemes.md, result['schemes']).
+  weights, activations, scheme, reduce_range: as in quantization.QuantSpec. mode: 'dynamic'
+  (the paper's) or 'static', calibrated with `observer` (and `percentile`) on
+  `calibration_count` windows spread over the training split of `calibration_data`
+  (default: eval_data). With eval_data, schemes: also compare the SCHEME_VARIANTS
+  (schemes.md, result['schemes']); static: the STATIC_GRID (static.md, result['static']).
 
   split: the split of eval_data compared on; '' = its test split (datasets.test_split).
   """
-  if schemes and not eval_data:
-    raise ValueError('comparing the schemes needs a prepared dataset to evaluate on '
-                     '(--eval_data)')
+  if (schemes or static) and not eval_data:
+    raise ValueError('comparing schemes or static configurations needs a prepared dataset '
+                     'to evaluate on (--eval_data)')
+  if mode not in ('dynamic', 'static'):
+    raise ValueError(f'unknown mode {mode!r}: dynamic or static')
+  calibration_data = calibration_data or eval_data
+  if (mode == 'static' or static) and not calibration_data:
+    raise ValueError('static INT8 needs calibration windows: a prepared dataset '
+                     '(--calibration_data, or --eval_data)')
   params, model_config, metadata = checkpoints.load_model(checkpoint)
   if quantization.is_quantized(params):
     raise ValueError(f'{checkpoint} is already quantized')
-  spec = QuantSpec('int8_dynamic', weights=weights, activations=activations, scheme=scheme,
+  spec = QuantSpec(f'int8_{mode}', weights=weights, activations=activations, scheme=scheme,
                    reduce_range=reduce_range)
-  qparams = quantization.quantize_params(params, weights, scheme)
+  windows = calibration_windows(calibration_data, calibration_count) if (
+      mode == 'static' or static) else None
+  if mode == 'static':
+    qparams = calibration.static_params(
+        params, calibration.layer_ranges(params, model_config, windows, observer, percentile),
+        spec)
+    metadata = {**metadata, 'calibration': {
+        'data': os.path.abspath(calibration_data), 'windows': len(windows),
+        'observer': observer, **({'percentile': percentile} if observer == 'percentile' else {})}}
+  else:
+    qparams = quantization.quantize_params(params, weights, scheme)
   output = checkpoints.save_model(output, qparams, model_config,
                                   {**metadata, 'quantization': dataclasses.asdict(spec),
                                    'float_model': os.path.abspath(checkpoint)},
@@ -146,7 +230,7 @@ def quantize_checkpoint(checkpoint: str, output: str, *, weights: str = 'channel
   variants = {'float32': (params, QuantSpec()),
               'int8_weights': (qparams, QuantSpec('int8_weights', weights=weights,
                                                   scheme=scheme)),
-              'int8_dynamic': (qparams, spec)}
+              spec.mode: (qparams, spec)}
   outputs = {name: _predict_split(tree, model_config, builder, split, batch_size, variant_spec)
              for name, (tree, variant_spec) in variants.items()}
   reports = {name: {split: evaluation.split_report(out, train_means, protocol, split)}
@@ -157,13 +241,26 @@ def quantize_checkpoint(checkpoint: str, output: str, *, weights: str = 'channel
   result['markdown'] += '\n' + comparison_markdown(reports, split)
   with open(os.path.join(output, 'quantization.md'), 'w') as f:
     f.write(result['markdown'])
+  tables = []
   if schemes:
     result['schemes'] = compare_schemes(params, model_config, builder, split, batch_size,
                                         outputs['float32'], weights)
-    table = schemes_markdown(result['schemes'], reports['float32'][split], split, batch_size)
-    with open(os.path.join(output, 'schemes.md'), 'w') as f:
+    tables.append(('schemes', result['schemes'], schemes_markdown(
+        result['schemes'], reports['float32'][split], split, batch_size)))
+  if static:
+    result['static'] = compare_static(params, model_config, builder, split, batch_size,
+                                      outputs['float32'], windows, percentile)
+    paper = QuantSpec('int8_dynamic', scheme='pytorch')
+    dynamic = outputs['int8_dynamic'] if spec == paper else _predict_split(
+        quantization.quantize_params(params, 'channel', 'pytorch'), model_config, builder,
+        split, batch_size, paper)
+    tables.append(('static', result['static'], static_markdown(
+        result['static'], _error_row(outputs['float32'], outputs['float32']),
+        _error_row(dynamic, outputs['float32']), split, len(windows), percentile)))
+  for name, rows, table in tables:
+    with open(os.path.join(output, f'{name}.md'), 'w') as f:
       f.write(table)
-    with open(os.path.join(output, 'schemes.json'), 'w') as f:
-      json.dump(result['schemes'], f, indent=2)
+    with open(os.path.join(output, f'{name}.json'), 'w') as f:
+      json.dump(rows, f, indent=2)
     result['markdown'] += '\n' + table
   return result

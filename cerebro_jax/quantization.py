@@ -15,6 +15,10 @@ Modes (`QuantSpec.mode`):
                 applies the scales after (the real integer path); with integer=False it
                 runs dequantized values in float (the simulation). The two agree to float
                 rounding.
+  int8_static   static post-training quantization: as int8_dynamic, but each layer's input
+                scale and zero point were fixed beforehand from calibration windows
+                (calibration.py) and are stored beside its weights; inputs outside the
+                calibrated range are clipped.
 
 Schemes (`QuantSpec.scheme`):
   symmetric  int8 activations in [-127, 127] with scale max|x| / 127 (zero point 0), and
@@ -28,7 +32,8 @@ Schemes (`QuantSpec.scheme`):
              max|w| / 127.5 (MinMaxObserver, symmetric).
 
 Quantized parameters keep the float tree's layout; each quantized layer holds
-{'kernel': int8 (in, out), 'scale': float32 (out,) or (1,), 'bias': float32 (out,)}.
+{'kernel': int8 (in, out), 'scale': float32 (out,) or (1,), 'bias': float32 (out,)}, and
+for int8_static also 'input_scale' and 'input_zero' (float32 (1,)).
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ from cerebro_jax.model_config import ModelConfig
 
 QMAX = 127
 _QUANTIZED_LAYER = re.compile(r'^(encoder/blocks_\d+/(attn/(qkv|proj)|mlp/(fc1|fc2))|head)$')
-MODES = ('float32', 'int8_weights', 'int8_dynamic')
+MODES = ('float32', 'int8_weights', 'int8_dynamic', 'int8_static')
+STATIC_LEAVES = ('input_scale', 'input_zero')
 
 
 SCHEMES = ('symmetric', 'pytorch')
@@ -65,14 +71,17 @@ class QuantSpec:
   # int8_dynamic: one activation scale per 'tensor' (the batch: PyTorch's), per 'window'
   # (a window's outputs then do not depend on the rest of its batch), or per 'token'.
   activations: str = 'tensor'
-  integer: bool = True  # int8_dynamic: real integer products (True) or simulation (False)
-  scheme: str = 'symmetric'  # 'symmetric' or 'pytorch' (see the module docstring)
+  integer: bool = True  # int8_dynamic/static: integer products (True) or simulation (False)
+  # 'symmetric' or 'pytorch' (module docstring); int8_static: 'pytorch' = affine uint8
+  # activations with a zero point, as torch's static quantization with quint8 observers.
+  scheme: str = 'symmetric'
   reduce_range: bool = False  # pytorch scheme: 7-bit activations, as fbgemm runs them
 
   def __post_init__(self):
     if self.mode not in MODES or self.weights not in ('channel', 'tensor') or (
         self.activations not in ACTIVATION_GRANULARITIES or self.scheme not in SCHEMES
-        or (self.reduce_range and self.scheme != 'pytorch')):
+        or (self.reduce_range and self.scheme != 'pytorch')
+        or (self.mode == 'int8_static' and self.activations != 'tensor')):
       raise ValueError(f'bad quantization spec {self}')
 
   @classmethod
@@ -146,19 +155,32 @@ def choose_qparams(x_min, x_max, qmax: int):
   return scale.astype(jnp.float32), jnp.clip(jnp.round(zero), 0, qmax).astype(jnp.float32)
 
 
+def activation_qparams(x_min, x_max, spec: QuantSpec):
+  """(scale, zero point), float32, of activations in [x_min, x_max] under `spec.scheme`:
+  symmetric max(|x_min|, |x_max|) / 127 and zero 0, or ATen's affine uint8 parameters."""
+  if spec.scheme == 'symmetric':
+    amax = jnp.maximum(-x_min, x_max)
+    return jnp.where(amax > 0, amax / QMAX, 1.0).astype(jnp.float32), jnp.zeros_like(amax)
+  return choose_qparams(x_min, x_max, 127 if spec.reduce_range else 255)
+
+
+def activation_codes(x, scale, zero, spec: QuantSpec):
+  """x (..., D) to integer codes minus the zero point (int8 for symmetric, int16 for
+  pytorch), clipped to the scheme's range."""
+  if spec.scheme == 'symmetric':
+    return jnp.clip(jnp.round(x / scale), -QMAX, QMAX).astype(jnp.int8)
+  codes = jnp.clip(jnp.round(x * (1 / scale)) + zero, 0, 127 if spec.reduce_range else 255)
+  return (codes - zero).astype(jnp.int16)
+
+
 def quantize_activations(x, spec: QuantSpec):
   """Dynamic activation quantization of a layer input (..., D) as `spec` says:
-  (integer codes minus zero point, as int8 for symmetric and int16 for pytorch; scale
-  float32 broadcastable to x)."""
+  (activation_codes, scale float32 broadcastable to x)."""
   axis = {'tensor': None, 'window': tuple(range(1, x.ndim)), 'token': -1}[spec.activations]
-  if spec.scheme == 'symmetric':
-    return quantize_tensor(x, axis)
   keep = axis is not None
-  qmax = 127 if spec.reduce_range else 255
-  scale, zero = choose_qparams(jnp.min(x, axis=axis, keepdims=keep),
-                               jnp.max(x, axis=axis, keepdims=keep), qmax)
-  codes = jnp.clip(jnp.round(x * (1 / scale)) + zero, 0, qmax)
-  return (codes - zero).astype(jnp.int16), scale
+  scale, zero = activation_qparams(jnp.min(x, axis=axis, keepdims=keep),
+                                   jnp.max(x, axis=axis, keepdims=keep), spec)
+  return activation_codes(x, scale, zero, spec), scale
 
 
 def quantize_params(params, weights: str = 'channel', scheme: str = 'symmetric') -> dict:
@@ -183,7 +205,7 @@ def dequantize_params(qparams) -> dict:
   out = {}
   for path, value in flat.items():
     layer, _, name = path.rpartition('/')
-    if name == 'scale' and is_quantized_layer(layer):
+    if name in ('scale', *STATIC_LEAVES) and is_quantized_layer(layer):
       continue
     if name == 'kernel' and f'{layer}/scale' in flat:
       value = value.astype(jnp.float32) * flat[f'{layer}/scale']
@@ -195,8 +217,24 @@ def is_quantized(params) -> bool:
   return any(leaf.dtype == jnp.int8 for leaf in jax.tree.leaves(params))
 
 
-def _dynamic_interceptor(spec: QuantSpec):
-  """Quantizes the input of the paper's Dense layers to 8 bits on the fly (`spec`)."""
+def spec_problems(params, spec: QuantSpec) -> list[str]:
+  """Why params cannot run as `spec` says (empty when they can): float params for an INT8
+  mode or the reverse, or a static layer without its calibrated input range."""
+  if is_quantized(params) != (spec.mode != 'float32'):
+    return [f'{"INT8" if is_quantized(params) else "float"} parameters, but the recorded '
+            f'quantization mode is {spec.mode}']
+  if spec.mode != 'int8_static':
+    return []
+  flat = traverse_util.flatten_dict(params, sep='/')
+  layers = {path.rpartition('/')[0] for path in flat}
+  return [f'{layer} has no calibrated {leaf}' for layer in sorted(layers)
+          if is_quantized_layer(layer) for leaf in STATIC_LEAVES
+          if f'{layer}/{leaf}' not in flat]
+
+
+def _quantizing_interceptor(spec: QuantSpec):
+  """Quantizes the input of the paper's Dense layers to 8 bits: on the fly (int8_dynamic)
+  or with the layer's calibrated input_scale and input_zero (int8_static)."""
 
   def intercept(next_fun, args, kwargs, context):
     module = context.module
@@ -204,10 +242,15 @@ def _dynamic_interceptor(spec: QuantSpec):
             and is_quantized_layer('/'.join(module.path))):
       return next_fun(*args, **kwargs)
     x = jnp.asarray(args[0], jnp.float32)
-    x_q, x_scale = quantize_activations(x, spec)
-    if not spec.integer:
-      return next_fun(x_q.astype(jnp.float32) * x_scale, **kwargs)
     params = module.variables['params']
+    if spec.mode == 'int8_static':
+      x_scale = params['input_scale']
+      x_q = activation_codes(x, x_scale, params['input_zero'], spec)
+    else:
+      x_q, x_scale = quantize_activations(x, spec)
+    if not spec.integer:  # the simulation: dequantized values, float products
+      kernel = params['kernel'].astype(jnp.float32) * params['scale']
+      return jnp.dot(x_q.astype(jnp.float32) * x_scale, kernel) + params['bias']
     products = jax.lax.dot_general(x_q, params['kernel'].astype(x_q.dtype),
                                    (((x.ndim - 1,), (0,)), ((), ())),
                                    preferred_element_type=jnp.int32)
@@ -225,11 +268,11 @@ def make_apply(model_config: ModelConfig, spec: QuantSpec = QuantSpec()):
     return lambda params, x: module.apply({'params': params}, x)
   if spec.mode == 'int8_weights':
     return lambda qparams, x: module.apply({'params': dequantize_params(qparams)}, x)
-  interceptor = _dynamic_interceptor(spec)
+  interceptor = _quantizing_interceptor(spec)
 
   def apply(qparams, x):
     with nn.intercept_methods(interceptor):
-      return module.apply({'params': qparams if spec.integer else dequantize_params(qparams)}, x)
+      return module.apply({'params': qparams}, x)
 
   return apply
 

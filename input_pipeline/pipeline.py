@@ -125,3 +125,17 @@ def eval_batches(builder, split: str, batch_size: int) -> Iterator[dict]:
                                              b'' if v.dtype == object else 0, v.dtype)])
                for k, v in batch.items()}
     yield batch
+
+
+def spread_windows(builder, split: str, count: int) -> np.ndarray:
+  """Up to `count` windows (N, 2, 1250) float32 of `split`, evenly spaced in file order
+  (every k-th, k = size // count): the same windows on every call, from across the split
+  rather than from its first subjects."""
+  if count < 1:
+    raise ValueError(f'{count} windows asked for; at least 1')
+  stride = max(1, builder.info.splits[split].num_examples // count)
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          read_config=tfds.ReadConfig(options=_options(),
+                                                      interleave_cycle_length=1))
+  ds = ds.shard(stride, 0).take(count).map(lambda ex: ex['signals']).batch(count)
+  return next(ds.as_numpy_iterator(), np.zeros((0, 2, 1250), np.float32))

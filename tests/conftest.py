@@ -16,3 +16,14 @@ TEST_DATA = REPO_ROOT / 'tests' / 'data'
 def real_data() -> pathlib.Path:
   """tests/data/real: a real ICU recording (ECG leads II, III, V, PPG, ABP; MIT licence)."""
   return TEST_DATA / 'real'
+
+
+@pytest.fixture(scope='session')
+def tiny_dataset(tmp_path_factory) -> str:
+  """A prepared synthetic dataset of 5 subjects x 1 minute (subject split), built once."""
+  from input_pipeline import prepare, synthetic, tfds_builders  # pylint: disable=import-outside-toplevel
+  options = prepare.PrepareOptions(cohort=synthetic.CohortConfig(num_subjects=5,
+                                                                 minutes_per_subject=1))
+  data_dir = str(tmp_path_factory.mktemp('tiny_dataset'))
+  tfds_builders.build(options, data_dir, prepared=prepare.prepare(options, progress=False))
+  return data_dir

@@ -91,10 +91,9 @@ def test_integer_path_equals_the_simulation_per_layer(activations, scheme, reduc
   for integer in (False, True):
     spec = q.QuantSpec('int8_dynamic', activations=activations, integer=integer,
                        scheme=scheme, reduce_range=reduce_range)
-    interceptor = q._dynamic_interceptor(spec)  # pylint: disable=protected-access
+    interceptor = q._quantizing_interceptor(spec)  # pylint: disable=protected-access
     with nn.intercept_methods(interceptor):
-      outputs[integer] = np.asarray(_OneLayer().apply(
-          {'params': qparams if integer else q.dequantize_params(qparams)}, x))
+      outputs[integer] = np.asarray(_OneLayer().apply({'params': qparams}, x))
   np.testing.assert_allclose(outputs[True], outputs[False], rtol=1e-5, atol=1e-5)
   float_out = np.asarray(_OneLayer().apply({'params': params}, x))
   assert 1e-4 < np.abs(outputs[True] - float_out).max() < 0.05 * np.abs(float_out).max()
@@ -181,17 +180,12 @@ def test_quantized_model_predicts_real_windows_close_to_float(model, real_data, 
     assert floats.std() > 0.1                  # a realistic range of values
 
 
-def test_quantize_command_compares_accuracy_and_refuses_bad_input(tmp_path):
-  from input_pipeline import prepare, synthetic, tfds_builders  # pylint: disable=import-outside-toplevel
+def test_quantize_command_compares_accuracy_and_refuses_bad_input(tmp_path, tiny_dataset):
   config = ModelConfig.from_size('small', depth=2)  # the whole size is tested above
   params = _spread(config)
-  options = prepare.PrepareOptions(cohort=synthetic.CohortConfig(num_subjects=5,
-                                                                 minutes_per_subject=1))
-  tfds_builders.build(options, str(tmp_path / 'data'),
-                      prepared=prepare.prepare(options, progress=False))
   float_dir = checkpoints.save_model(tmp_path / 'float', params, config)
   command = [sys.executable, 'scripts/quantize.py', f'--checkpoint={float_dir}',
-             f'--output={tmp_path / "int8"}', f'--eval_data={tmp_path / "data"}',
+             f'--output={tmp_path / "int8"}', f'--eval_data={tiny_dataset}',
              '--weights=tensor', '--activations=token', '--compare_schemes']
   result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
                           check=False)
@@ -262,7 +256,7 @@ def test_pytorch_scheme_is_torch_quantize_dynamic_per_layer(engine, weights, inp
                      'bias': linear[0].bias.detach().numpy()}}
   spec = q.QuantSpec('int8_dynamic', weights=weights, scheme='pytorch',
                      reduce_range=engine == 'fbgemm')
-  with nn.intercept_methods(q._dynamic_interceptor(spec)):  # pylint: disable=protected-access
+  with nn.intercept_methods(q._quantizing_interceptor(spec)):  # pylint: disable=protected-access
     got = np.asarray(_OneLayer().apply({'params': q.quantize_params(params, weights,
                                                                     'pytorch')}, x))
   error = np.abs(expected - float_out).max()
