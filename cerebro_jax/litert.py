@@ -66,20 +66,27 @@ def export(params, config: ModelConfig, output: str, quantization_: str = 'none'
   return len(flatbuffer)
 
 
-def load_predictor(path: str):
-  """A function (N, 2, 1250) float32 windows -> (N, 2) [DBP, SBP] mmHg running the LiteRT
-  file at `path`, batch by batch at the file's batch size (the last batch padded)."""
+def signature_runner(path: str, num_threads: int | None = None):
+  """The ai-edge-litert runner of the file's `serving_default` signature, checked to take
+  `windows` (batch, 2, 1250); num_threads: the interpreter's (None: its default)."""
   from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
   try:
-    interpreter = Interpreter(model_path=path)
-    runner = interpreter.get_signature_runner(SIGNATURE)
+    runner = Interpreter(model_path=path, num_threads=num_threads).get_signature_runner(
+        SIGNATURE)
   except (ValueError, RuntimeError) as e:
     raise LiteRTError(f'{path}: not a cerebro-bp LiteRT file ({e})') from e
   inputs = runner.get_input_details()
   if INPUT not in inputs or tuple(inputs[INPUT]['shape'][1:]) != WINDOW_SHAPE:
     raise LiteRTError(f'{path}: its {SIGNATURE} signature does not take {INPUT} '
                       f'(batch, 2, 1250) (it takes {sorted(inputs)})')
-  batch = int(inputs[INPUT]['shape'][0])
+  return runner
+
+
+def load_predictor(path: str):
+  """A function (N, 2, 1250) float32 windows -> (N, 2) [DBP, SBP] mmHg running the LiteRT
+  file at `path`, batch by batch at the file's batch size (the last batch padded)."""
+  runner = signature_runner(path)
+  batch = int(runner.get_input_details()[INPUT]['shape'][0])
 
   def forward(windows: np.ndarray) -> np.ndarray:
     out = runner(**{INPUT: windows})

@@ -18,6 +18,7 @@ import os
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from cerebro_jax import (calibration, checkpoints, datasets, evaluation, metrics, quantization,
                          sharding)
@@ -141,12 +142,37 @@ def schemes_markdown(rows: list[dict], float_report: dict, split: str,
                              'as the paper ran it.\n')
 
 
+def directory_mib(path: str) -> float:
+  """Bytes of every file under `path`, / 1024^2."""
+  return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path)
+             for name in names) / 2**20
+
+
+def safetensors_mib(tree) -> float:
+  """Size of `tree` as one .safetensors file (a state dict: '.'-joined names), / 1024^2."""
+  from safetensors.numpy import save  # pylint: disable=import-outside-toplevel
+  flat = traverse_util.flatten_dict(tree, sep='.')
+  return len(save({k: np.ascontiguousarray(v) for k, v in flat.items()})) / 2**20
+
+
+def file_sizes(float_dir: str, int8_dir: str, params, qparams) -> dict:
+  """The shipped files of the float and the INT8 model in MiB: {format: {'float32',
+  'int8'}}: the orbax model directory, and the parameters as a safetensors state dict."""
+  return {'orbax directory': {'float32': directory_mib(float_dir),
+                              'int8': directory_mib(int8_dir)},
+          'safetensors state dict': {'float32': safetensors_mib(params),
+                                     'int8': safetensors_mib(qparams)}}
+
+
 def size_markdown(sizes: dict) -> str:
   lines = ['| component | float32 (bytes) | INT8 model (bytes) |', '|---|---|---|']
   for name, row in sizes['components'].items():
     lines.append(f"| {name} | {row['float32_bytes']:,} | {row['int8_bytes']:,} |")
-  lines.append(f"| **total** | **{sizes['float32_mib']:.2f} MiB** | "
+  lines.append(f"| **arrays** | **{sizes['float32_mib']:.2f} MiB** | "
                f"**{sizes['int8_mib']:.2f} MiB** ({sizes['ratio']:.2f}x smaller) |")
+  for name, row in sizes.get('files', {}).items():
+    lines.append(f"| {name} file(s) | {row['float32']:.2f} MiB | {row['int8']:.2f} MiB "
+                 f"({row['float32'] / row['int8']:.2f}x smaller) |")
   return '\n'.join(lines) + '\n'
 
 
@@ -216,7 +242,8 @@ def quantize_checkpoint(checkpoint: str, output: str, *, weights: str = 'channel
                                   {**metadata, 'quantization': dataclasses.asdict(spec),
                                    'float_model': os.path.abspath(checkpoint)},
                                   overwrite=overwrite)
-  sizes = quantization.size_table(params, qparams)
+  sizes = {**quantization.size_table(params, qparams),
+           'files': file_sizes(checkpoint, output, params, qparams)}
   with open(os.path.join(output, 'sizes.json'), 'w') as f:
     json.dump(sizes, f, indent=2)
   result = {'output': output, 'sizes': sizes, 'markdown': size_markdown(sizes)}

@@ -7,9 +7,14 @@
   data   Windows prepared per second in one process (one core does the work) from the
          synthetic generator and from WFDB records of the same cohort written to disk,
          then the tf.data training pipeline's batches per second at --batch.
-  quant  For each size: forward latency at batch 1 and throughput at --batch for float32,
-         weight-only INT8 (dequantized weights) and dynamic INT8 with the integer path
-         (int8 x int8 -> int32 products), and the float32 / INT8 sizes in MiB.
+  quant  For each size and runtime (--runtimes), on the same weights: forward latency at
+         batch 1 (ms), throughput at --batch (windows/s) and the size of the shipped file
+         (MiB) of each format. JAX: float32, weight-only INT8, dynamic and static INT8
+         (PyTorch's scheme, integer path), orbax model directories. LiteRT: the float32
+         and dynamic-range INT8 files (exported at batch 1 and at --batch), XNNPACK on
+         all cores. PyTorch: the reference model (tests/torch_reference.py, the original
+         architecture) in float32 and after quantize_dynamic (the paper's INT8), state
+         dicts as torch.save writes them. Skips PyTorch when torch is not installed.
   train  For each size: train step time and windows/s at --batch (Adam, drop path 0.2,
          --dtype), the step's FLOPs from XLA's cost analysis, and model FLOPs
          utilisation against this machine's measured peak (a 4096^2 matmul in --dtype).
@@ -39,7 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from cerebro_jax import cli, model as model_lib, optim, quantization, sharding, train
+from cerebro_jax import (calibration, checkpoints, cli, convert, litert, model as model_lib,
+                         optim, ptq, quantization, sharding, train)
 from cerebro_jax.model_config import ATTENTION_TYPES, SIZES, ModelConfig
 from configs import default
 from input_pipeline import (mimic3, pipeline, prepare, pulsedb_plan, pulsedb_writer, synthetic,
@@ -60,6 +66,8 @@ _PULSEDB_GB = flags.DEFINE_list('pulsedb_gb', ['0.5', '3', '6'],
                                 'pulsedb: subset file sizes (GB).')
 _PULSEDB_DIR = flags.DEFINE_string('pulsedb_dir', '', 'pulsedb: folder for the files (default '
                                    'a temporary one; needs about twice the largest size).')
+_RUNTIMES = flags.DEFINE_multi_enum('runtimes', ['jax', 'litert', 'pytorch'],
+                                    ['jax', 'litert', 'pytorch'], 'quant: runtimes to time.')
 _JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
 
 SAMPLES = 1250
@@ -246,25 +254,105 @@ def bench_train():
   return rows
 
 
-def bench_quant():
+def _torch_reference(config):
+  """The PyTorch reference model of tests/torch_reference.py (the original architecture)
+  with random weights, and the same weights as Flax params; None without torch."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  import sys  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'tests'))
+  import torch_reference  # pylint: disable=import-outside-toplevel
+  module = torch_reference.BPModel(config.embed_dim, config.depth, config.num_heads,
+                                   config.attention_type)
+  torch_reference.randomize(module, 0)
+  params, _ = convert.convert_state_dict(
+      {k: v.numpy() for k, v in module.state_dict().items()}, config)
+  return torch, module.eval(), params
+
+
+def _quant_jax_rows(config, params, windows, workdir):
+  """JAX: float32 and the three INT8 modes (static calibrated on the --batch windows)."""
+  static = quantization.QuantSpec('int8_static', scheme='pytorch')
+  trees = {'float32': params, 'int8_weights': quantization.quantize_params(params),
+           'int8_dynamic': quantization.quantize_params(params, 'channel', 'pytorch'),
+           'int8_static': calibration.static_params(
+               params, calibration.layer_ranges(params, config, windows['many']), static)}
+  specs = {'int8_static': static,
+           'int8_dynamic': quantization.QuantSpec('int8_dynamic', scheme='pytorch')}
   rows = []
+  for mode, tree in trees.items():
+    forward = jax.jit(quantization.make_apply(config, specs.get(mode,
+                                                                quantization.QuantSpec(mode))))
+    tree = jax.tree.map(jnp.asarray, tree)
+    directory = checkpoints.save_model(os.path.join(workdir, mode), tree, config)
+    rows.append({'runtime': 'jax', 'format': mode, **{
+        name: median_seconds(forward, tree, x, repeats=_REPEATS.value)
+        for name, x in windows.items()}, 'file_mib': ptq.directory_mib(directory)})
+  return rows
+
+
+def _quant_litert_rows(config, params, windows, workdir):
+  """LiteRT files (batch 1 and --batch) as the converter writes them, XNNPACK, all cores."""
+  rows = []
+  for quant in litert.QUANTIZATIONS:
+    row = {'runtime': 'litert', 'format': quant}
+    for name, x in windows.items():
+      path = os.path.join(workdir, f'{quant}_{name}.tflite')
+      size = litert.export(params, config, path, quant, batch=len(x))
+      runner = litert.signature_runner(path, num_threads=os.cpu_count())
+      row[name] = median_seconds(lambda x: runner(**{litert.INPUT: x}), x,
+                                 repeats=_REPEATS.value)
+      row['file_mib'] = size / 2**20
+    rows.append(row)
+  return rows
+
+
+def _quant_torch_rows(torch, module, windows):
+  """The PyTorch reference: float32, and quantize_dynamic as the paper ran it (the
+  default engine: fbgemm on x86); state dict files as torch.save writes them."""
+  import io  # pylint: disable=import-outside-toplevel
+  rows = []
+  for name, model in (('float32', module), ('quantize_dynamic', torch.ao.quantization.
+                                            quantize_dynamic(module, {torch.nn.Linear},
+                                                             dtype=torch.qint8))):
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+
+    def forward(x, model=model):
+      with torch.inference_mode():
+        return model(x).numpy()
+
+    rows.append({'runtime': 'pytorch', 'format': name, **{
+        label: median_seconds(forward, torch.from_numpy(x), repeats=_REPEATS.value)
+        for label, x in windows.items()}, 'file_mib': buffer.getbuffer().nbytes / 2**20})
+  return rows
+
+
+def bench_quant():
   rng = np.random.default_rng(0)
-  one = rng.random((1, 2, SAMPLES), dtype=np.float32)
-  many = rng.random((_BATCH.value, 2, SAMPLES), dtype=np.float32)
+  windows = {'one': rng.random((1, 2, SAMPLES), dtype=np.float32),
+             'many': rng.random((_BATCH.value, 2, SAMPLES), dtype=np.float32)}
+  rows = []
   for size in _SIZES.value:
     config = ModelConfig.from_size(size)
-    params = model_lib.init_params(config, jax.random.PRNGKey(0))
-    qparams = jax.tree.map(jnp.asarray, quantization.quantize_params(params))
-    sizes = quantization.size_table(params, qparams)
-    for mode in quantization.MODES:
-      forward = jax.jit(quantization.make_apply(config, quantization.QuantSpec(mode)))
-      tree = params if mode == 'float32' else qparams
-      rows.append({'size': size, 'mode': mode,
-                   'latency_b1_ms': median_seconds(forward, tree, one,
-                                                   repeats=_REPEATS.value) * 1e3,
-                   f'throughput_b{_BATCH.value}_windows_per_s': _BATCH.value / median_seconds(
-                       forward, tree, many, repeats=_REPEATS.value),
-                   'size_mib': sizes['float32_mib' if mode == 'float32' else 'int8_mib']})
+    reference = _torch_reference(config) if 'pytorch' in _RUNTIMES.value else None
+    params = reference[2] if reference else model_lib.init_params(config,
+                                                                  jax.random.PRNGKey(0))
+    with tempfile.TemporaryDirectory() as workdir:
+      runs = []
+      if 'jax' in _RUNTIMES.value:
+        runs += _quant_jax_rows(config, params, windows, workdir)
+      if 'litert' in _RUNTIMES.value:
+        runs += _quant_litert_rows(config, params, windows, workdir)
+      if reference:
+        runs += _quant_torch_rows(reference[0], reference[1], windows)
+    for run in runs:
+      rows.append({'size': size, 'runtime': run['runtime'], 'format': run['format'],
+                   'latency_b1_ms': run['one'] * 1e3,
+                   f'throughput_b{_BATCH.value}_windows_per_s': _BATCH.value / run['many'],
+                   'file_mib': run['file_mib']})
   return rows
 
 

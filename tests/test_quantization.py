@@ -161,6 +161,13 @@ def test_quantized_model_predicts_real_windows_close_to_float(model, real_data, 
   assert '**13.69 MiB**' in result.stdout and 'INT8 model:' in result.stdout
   sizes = json.loads((tmp_path / 'int8' / 'sizes.json').read_text())
   assert 3.5 < sizes['int8_mib'] < 3.9
+  # The files: safetensors holds the arrays plus a header; orbax compresses them (zstd),
+  # which gains a little on float32 weights (measured 9% on these random ones).
+  files = sizes['files']
+  for column, arrays in (('float32', sizes['float32_mib']), ('int8', sizes['int8_mib'])):
+    assert arrays < files['safetensors state dict'][column] < arrays * 1.01
+    assert 0.8 * arrays < files['orbax directory'][column] < arrays * 1.05
+  assert '| orbax directory file(s) |' in result.stdout
   record = str(real_data / 'derived' / 'mixedsignals_125hz.vital')
   rows = {}
   for name in ('float', 'int8'):
