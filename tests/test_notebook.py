@@ -32,6 +32,8 @@ def test_notebook_runs_clean(tmp_path):
   text, images = _run(tmp_path, '')
   assert 'windows_kept' in text and '| test | SBP |' in text
   assert 'int8_dynamic - float32' in text and '| quality |' in text
+  assert '| dynamic (paper) |' in text and '| pytorch, 8-bit, per window |' in text
+  assert 'model_int8.tflite`: ' in text and (tmp_path / 'run' / 'model_int8.tflite').is_file()
   assert images >= 5  # windows, Bland-Altman and scatter plots
   assert (tmp_path / 'run' / 'model_int8' / 'sizes.json').is_file()
 
@@ -41,7 +43,8 @@ def test_notebook_takes_a_pulsedb_folder(tmp_path):
   pulsedb_writer.write_synthetic_subsets(str(folder), synthetic.CohortConfig(
       num_subjects=8, minutes_per_subject=1.5))
   text, images = _run(tmp_path, f"RECORDS_SOURCE = 'pulsedb'\nRECORDS_DIR = {str(folder)!r}\n"
-                                "PROTOCOL = 'pulsedb'\n")
+                                "PROTOCOL = 'pulsedb'\nCOMPARE_INT8 = False\n"
+                                "LITERT = False\n")
   assert '"test_calbased": {' in text and '"windows_kept"' in text
   assert '| test_calbased | SBP |' in text and '| test_calfree | SBP |' in text
   assert 'test_calfree: calibration-free: subjects not in training' in text
