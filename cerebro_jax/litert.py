@@ -6,6 +6,14 @@ converter, which also quantizes:
   none          float32 weights and compute.
   dynamic_int8  the converter's dynamic-range quantization: int8 weights, activations
                 quantized on the fly (the LiteRT counterpart of the paper's PyTorch INT8).
+  static_int8   static INT8 of the fully connected layers: int8 weights (per channel) and
+                int8 inputs whose ranges the converter calibrates on given windows, then
+                fixed; every other op stays float32 (LiteRT's selective quantization,
+                QuantizationDebugger with the other ops denylisted). Full-integer
+                conversion (every op int8) is not offered: TensorFlow 2.21's converter
+                writes such a file, but the ai-edge-litert 2.3 and TensorFlow
+                interpreters abort on it (int8 LESS/SELECT/DIV/EXP of the exact GELU's
+                erf expansion).
 The signature takes `windows` (batch, 2, 1250) float32, min-max scaled as for the JAX
 model, and returns `sbp_mmhg` and `dbp_mmhg` (batch,). Files run with the ai-edge-litert
 interpreter (XNNPACK on CPUs).
@@ -20,10 +28,8 @@ import numpy as np
 from cerebro_jax import inference, model as model_lib, quantization
 from cerebro_jax.model_config import ModelConfig
 
-# static_int8 (full-integer, calibrated) is not offered: the converter of TensorFlow 2.21
-# writes such a file for this model, but both the ai-edge-litert 2.3 and TensorFlow 2.21
-# interpreters abort on it (the int8 ops of the exact GELU's erf expansion).
-QUANTIZATIONS = ('none', 'dynamic_int8')
+QUANTIZATIONS = ('none', 'dynamic_int8', 'static_int8')
+_STATIC_OPS = ('FULLY_CONNECTED',)  # static_int8 quantizes these ops only
 SIGNATURE = 'serving_default'
 INPUT = 'windows'
 WINDOW_SHAPE = inference.WINDOW_SHAPE  # (ECG, PPG) x 10 s at 125 Hz
@@ -34,13 +40,19 @@ class LiteRTError(ValueError):
 
 
 def export(params, config: ModelConfig, output: str, quantization_: str = 'none',
-           batch: int = 1) -> int:
-  """Writes the LiteRT flatbuffer of float `params` to `output`; returns its size (bytes)."""
+           batch: int = 1, calibration: np.ndarray | None = None) -> int:
+  """Writes the LiteRT flatbuffer of float `params` to `output`; returns its size (bytes).
+
+  calibration: static_int8's calibration windows (N, 2, 1250) float32, N >= batch (run in
+  batches of `batch`, a remainder dropped).
+  """
   if quantization_ not in QUANTIZATIONS:
     raise LiteRTError(f'quantization must be one of {QUANTIZATIONS}, got {quantization_!r}')
   if quantization.is_quantized(params):
     raise LiteRTError('this model directory is already INT8 (JAX); export the float model '
                       'and let the converter quantize it (--quantization)')
+  if quantization_ == 'static_int8' and (calibration is None or len(calibration) < batch):
+    raise LiteRTError(f'static_int8 needs at least {batch} calibration windows (one batch)')
   import tensorflow as tf  # pylint: disable=import-outside-toplevel  (export only)
   from jax.experimental import jax2tf  # pylint: disable=import-outside-toplevel
   module = model_lib.CerebroBP(config)
@@ -58,12 +70,32 @@ def export(params, config: ModelConfig, output: str, quantization_: str = 'none'
   with tempfile.TemporaryDirectory() as saved:
     tf.saved_model.save(holder, saved, signatures={SIGNATURE: serve})
     converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=[SIGNATURE])
-    if quantization_ == 'dynamic_int8':
+    if quantization_ != 'none':
       converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    flatbuffer = converter.convert()
+    if quantization_ == 'static_int8':
+      flatbuffer = _static_int8(tf, converter, calibration, batch)
+    else:
+      flatbuffer = converter.convert()
   with open(output, 'wb') as f:
     f.write(flatbuffer)
   return len(flatbuffer)
+
+
+def _static_int8(tf, converter, calibration: np.ndarray, batch: int) -> bytes:
+  """The converter's static INT8 of _STATIC_OPS alone, calibrated on `calibration`."""
+  from ai_edge_litert import schema_py_generated as schema  # pylint: disable=import-outside-toplevel
+
+  def batches():
+    for start in range(0, len(calibration) - batch + 1, batch):
+      yield {INPUT: calibration[start:start + batch]}
+
+  converter.representative_dataset = batches
+  others = [name for name in vars(schema.BuiltinOperator)
+            if name.isupper() and name not in _STATIC_OPS]
+  debugger = tf.lite.experimental.QuantizationDebugger(
+      converter=converter, debug_dataset=batches,
+      debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=others))
+  return debugger.get_nondebug_quantized_model()
 
 
 def signature_runner(path: str, num_threads: int | None = None):

@@ -10,9 +10,9 @@
   quant  For each size and runtime (--runtimes), on the same weights: forward latency at
          batch 1 (ms), throughput at --batch (windows/s) and the size of the shipped file
          (MiB) of each format. JAX: float32, weight-only INT8, dynamic and static INT8
-         (PyTorch's scheme, integer path), orbax model directories. LiteRT: the float32
-         and dynamic-range INT8 files (exported at batch 1 and at --batch), XNNPACK on
-         all cores. PyTorch: the reference model (tests/torch_reference.py, the original
+         (PyTorch's scheme, integer path), orbax model directories. LiteRT: the float32,
+         dynamic-range and static INT8 files (exported at batch 1 and at --batch; static
+         calibrated on the --batch windows), XNNPACK on all cores. PyTorch: the reference model (tests/torch_reference.py, the original
          architecture) in float32 and after quantize_dynamic (the paper's INT8), state
          dicts as torch.save writes them. Skips PyTorch when torch is not installed.
   train  For each size: train step time and windows/s at --batch (Adam, drop path 0.2,
@@ -300,7 +300,8 @@ def _quant_litert_rows(config, params, windows, workdir):
     row = {'runtime': 'litert', 'format': quant}
     for name, x in windows.items():
       path = os.path.join(workdir, f'{quant}_{name}.tflite')
-      size = litert.export(params, config, path, quant, batch=len(x))
+      size = litert.export(params, config, path, quant, batch=len(x),
+                           calibration=windows['many'])
       runner = litert.signature_runner(path, num_threads=os.cpu_count())
       row[name] = median_seconds(lambda x: runner(**{litert.INPUT: x}), x,
                                  repeats=_REPEATS.value)

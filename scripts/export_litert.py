@@ -2,6 +2,9 @@ r"""Writes a LiteRT (TensorFlow Lite) file of a cerebro-bp model for phones and 
 
   python scripts/export_litert.py --checkpoint runs/default/model \
       --output runs/default/model.tflite --quantization=dynamic_int8
+  python scripts/export_litert.py --checkpoint runs/default/model \
+      --output runs/default/model_static.tflite --quantization=static_int8 \
+      --calibration_data runs/default/data
 
 The file's signature `serving_default` takes `windows` (batch, 2, 1250) float32 (ECG and
 PPG, each min-max scaled to [0, 1]) and returns `sbp_mmhg` and `dbp_mmhg` (batch,).
@@ -16,13 +19,22 @@ import sys
 import numpy as np
 from absl import flags
 
-from cerebro_jax import checkpoints, cli, inference, litert, model as model_lib
+from cerebro_jax import checkpoints, cli, inference, litert, model as model_lib, ptq
+from input_pipeline.pipeline import DatasetNotFoundError
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Float model directory.', required=True)
 _OUTPUT = flags.DEFINE_string('output', None, 'The .tflite file to write.', required=True)
 _QUANTIZATION = flags.DEFINE_enum(
     'quantization', 'none', list(litert.QUANTIZATIONS), 'none: float32; dynamic_int8: the '
-    'LiteRT converter\'s dynamic-range INT8 (int8 weights, activations quantized on the fly).')
+    'LiteRT converter\'s dynamic-range INT8 (int8 weights, activations quantized on the '
+    'fly); static_int8: int8 weights and inputs of the fully connected layers with input '
+    'ranges calibrated on --calibration_data, every other op float32.')
+_CALIBRATION_DATA = flags.DEFINE_string(
+    'calibration_data', '', 'static_int8: prepared dataset (scripts/prepare_data.py, or a '
+    'training workdir\'s data/) whose training split gives the calibration windows.')
+_CALIBRATION_WINDOWS = flags.DEFINE_integer(
+    'calibration_windows', 512, 'static_int8: calibration windows, evenly spaced over the '
+    'training split.', lower_bound=1)
 _BATCH = flags.DEFINE_integer('batch', 1, 'Windows per call of the file (fixed in it).',
                               lower_bound=1)
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace --output if it exists.')
@@ -36,10 +48,17 @@ def main(argv):
   if os.path.exists(_OUTPUT.value) and not _OVERWRITE.value:
     print(f'error: {_OUTPUT.value} exists; pass --overwrite to replace it', file=sys.stderr)
     return 1
+  if (_QUANTIZATION.value == 'static_int8') != bool(_CALIBRATION_DATA.value):
+    print('error: --calibration_data goes with --quantization=static_int8, and only with it',
+          file=sys.stderr)
+    return 1
   try:
     params, config, _ = checkpoints.load_model(_CHECKPOINT.value)
-    size = litert.export(params, config, _OUTPUT.value, _QUANTIZATION.value, _BATCH.value)
-  except (checkpoints.ModelCheckpointError, litert.LiteRTError) as e:
+    calibration = ptq.calibration_windows(_CALIBRATION_DATA.value, _CALIBRATION_WINDOWS.value
+                                          ) if _CALIBRATION_DATA.value else None
+    size = litert.export(params, config, _OUTPUT.value, _QUANTIZATION.value, _BATCH.value,
+                         calibration)
+  except (checkpoints.ModelCheckpointError, litert.LiteRTError, DatasetNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   windows = np.random.default_rng(0).random((4, 2, 1250), dtype=np.float32)

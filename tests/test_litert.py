@@ -22,11 +22,13 @@ def exported(tmp_path_factory, real_data):
   params = model_lib.init_params(CONFIG, jax.random.PRNGKey(0))
   params['head']['kernel'] = params['head']['kernel'] * 300  # outputs over several mmHg
   params['head']['bias'] = np.array([80.0, 120.0], np.float32)
-  sizes = {q: litert.export(params, CONFIG, str(folder / f'{q}.tflite'), q, batch=2)
-           for q in litert.QUANTIZATIONS}
   record = inference.read_any_record(str(real_data / 'derived' / 'mixedsignals_125hz.vital'))
   from input_pipeline.windows import windows_of  # pylint: disable=import-outside-toplevel
   windows = np.stack([w.signals for w in windows_of(record) if w.accepted])
+  # static_int8 calibrates on the record's last 12 windows; it is checked on all 22.
+  sizes = {q: litert.export(params, CONFIG, str(folder / f'{q}.tflite'), q, batch=2,
+                            calibration=windows[-12:])
+           for q in litert.QUANTIZATIONS}
   return folder, params, sizes, windows
 
 
@@ -40,14 +42,27 @@ def test_the_float_file_is_the_jax_model_on_real_windows(exported):
       quantization.size_table(params, params)['float32_mib'], rel=0.02)
 
 
-def test_the_int8_file_is_smaller_and_close(exported):
+@pytest.mark.parametrize('quant', ['dynamic_int8', 'static_int8'])
+def test_the_int8_files_are_smaller_and_close(exported, quant):
   folder, params, sizes, windows = exported
   expected = inference.predict_windows(params, CONFIG, windows)
-  got = litert.load_predictor(str(folder / 'dynamic_int8.tflite'))(windows)
-  assert 3.3 < sizes['none'] / sizes['dynamic_int8'] < 4.0
+  got = litert.load_predictor(str(folder / f'{quant}.tflite'))(windows)
+  assert 3.3 < sizes['none'] / sizes[quant] < 4.0
   error = np.abs(got - expected)
   assert 1e-3 < error.mean() and error.max() < 2.0  # mmHg: quantized, and close
-  print(f'dynamic_int8 LiteRT vs JAX float: mean {error.mean():.3f}, max {error.max():.3f} mmHg')
+  print(f'{quant} LiteRT vs JAX float: mean {error.mean():.3f}, max {error.max():.3f} mmHg')
+
+
+def test_static_int8_is_calibrated_on_the_windows_given(exported, tmp_path):
+  """Other calibration windows give other fixed ranges, so other estimates; none is
+  refused."""
+  folder, params, _, windows = exported
+  other = str(tmp_path / 'other.tflite')
+  litert.export(params, CONFIG, other, 'static_int8', batch=2, calibration=windows[:4] * 0.5)
+  assert np.abs(litert.load_predictor(other)(windows)
+                - litert.load_predictor(str(folder / 'static_int8.tflite'))(windows)).max() > 0
+  with pytest.raises(litert.LiteRTError, match='needs at least 2 calibration windows'):
+    litert.export(params, CONFIG, other, 'static_int8', batch=2, calibration=windows[:1])
 
 
 def test_export_command_and_predict_on_a_tflite_file(exported, tmp_path, real_data):
