@@ -10,9 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cerebro_jax import model as model_lib, quantization
-from cerebro_jax.model_config import ModelConfig
-from cerebro_jax.quantization import QuantSpec
+from cerebro_jax.models import model as model_lib
+from cerebro_jax.quant import quantization
+from cerebro_jax.models.model_config import ModelConfig
+from cerebro_jax.quant.quantization import QuantSpec
 from input_pipeline import mimic3, vitaldb_files
 from input_pipeline.records import Record
 from input_pipeline.windows import minmax_scale, windows_of

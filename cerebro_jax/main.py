@@ -18,7 +18,9 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from cerebro_jax import cli, datasets, distributed, evaluation, report, train
+from cerebro_jax import cli, datasets, distributed
+from cerebro_jax.evaluators import evaluation, report
+from cerebro_jax.trainers import train
 from input_pipeline import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file(

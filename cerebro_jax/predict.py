@@ -26,8 +26,10 @@ import time
 
 from absl import flags
 
-from cerebro_jax import checkpoints, cli, inference, litert
-from cerebro_jax.quantization import QuantSpec
+from cerebro_jax import cli, inference
+from cerebro_jax.models import checkpoints
+from cerebro_jax.quant import litert
+from cerebro_jax.quant.quantization import QuantSpec
 from input_pipeline.records import RecordError
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Model directory (from '

@@ -13,9 +13,10 @@ import sys
 
 from absl import flags
 
-from cerebro_jax import checkpoints, cli, convert
-from cerebro_jax.model_config import SIZES, ModelConfig
-from cerebro_jax.torch_files import CheckpointReadError
+from cerebro_jax import cli
+from cerebro_jax.models import checkpoints, convert
+from cerebro_jax.models.model_config import SIZES, ModelConfig
+from cerebro_jax.models.torch_files import CheckpointReadError
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'PyTorch checkpoint: .ckpt or .safetensors.',
                                   required=True)

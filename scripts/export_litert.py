@@ -19,7 +19,9 @@ import sys
 import numpy as np
 from absl import flags
 
-from cerebro_jax import checkpoints, cli, inference, litert, model as model_lib, ptq
+from cerebro_jax import cli, inference
+from cerebro_jax.models import checkpoints, model as model_lib
+from cerebro_jax.quant import litert, ptq
 from input_pipeline.pipeline import DatasetNotFoundError
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Float model directory.', required=True)

@@ -17,7 +17,9 @@ import sys
 
 from absl import flags
 
-from cerebro_jax import checkpoints, cli, ptq
+from cerebro_jax import cli
+from cerebro_jax.models import checkpoints
+from cerebro_jax.quant import ptq
 from input_pipeline.pipeline import DatasetNotFoundError
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Float model directory.', required=True)

@@ -10,8 +10,10 @@ import jax
 import numpy as np
 import optax
 
-from cerebro_jax import model as model_lib, sharding, train
-from cerebro_jax.model_config import ModelConfig
+from cerebro_jax import sharding
+from cerebro_jax.models import model as model_lib
+from cerebro_jax.trainers import train
+from cerebro_jax.models.model_config import ModelConfig
 
 
 def run(mesh, steps=3):

@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from cerebro_jax import checkpoints, inference, model as model_lib
-from cerebro_jax.model_config import ModelConfig
+from cerebro_jax import inference
+from cerebro_jax.models import checkpoints, model as model_lib
+from cerebro_jax.models.model_config import ModelConfig
 from conftest import REPO_ROOT
 
 

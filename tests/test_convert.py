@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from cerebro_jax import convert, model as model_lib
-from cerebro_jax.model_config import ModelConfig
-from cerebro_jax.torch_files import CheckpointReadError, read_state_dict
+from cerebro_jax.models import convert, model as model_lib
+from cerebro_jax.models.model_config import ModelConfig
+from cerebro_jax.models.torch_files import CheckpointReadError, read_state_dict
 
 torch = pytest.importorskip('torch', reason='torch is not installed (pip install -e ".[torch]")')
 import safetensors.torch  # pylint: disable=wrong-import-position

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from cerebro_jax import metrics, report
+from cerebro_jax.evaluators import metrics, report
 
 
 def test_error_stats_by_hand():

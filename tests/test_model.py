@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cerebro_jax import model as model_lib
-from cerebro_jax.model_config import ConfigError, ModelConfig
+from cerebro_jax.models import model as model_lib
+from cerebro_jax.models.model_config import ConfigError, ModelConfig
 
 # ../shared/spec/cerebro.md, "Sizes".
 SPEC_COUNTS = {'small': (3_587_904, 3_588_290), 'base': (39_974_976, 39_976_130),

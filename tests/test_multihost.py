@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from cerebro_jax import checkpoints, distributed
+from cerebro_jax import distributed
+from cerebro_jax.models import checkpoints
 from configs import default
 from conftest import REPO_ROOT
 

@@ -13,8 +13,10 @@ import scipy.io
 import tensorflow_datasets as tfds
 
 from conftest import REPO_ROOT
-from cerebro_jax import datasets, evaluation, model as model_lib, sharding
-from cerebro_jax.model_config import ModelConfig
+from cerebro_jax import datasets, sharding
+from cerebro_jax.evaluators import evaluation
+from cerebro_jax.models import model as model_lib
+from cerebro_jax.models.model_config import ModelConfig
 from input_pipeline import (matlab_v73, pipeline, prepare, pulsedb, pulsedb_plan,
                             pulsedb_writer, splits, tfds_builders)
 

@@ -11,8 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cerebro_jax import checkpoints, inference, model as model_lib, ptq, quantization as q
-from cerebro_jax.model_config import ModelConfig
+from cerebro_jax import inference
+from cerebro_jax.models import checkpoints, model as model_lib
+from cerebro_jax.quant import ptq, quantization as q
+from cerebro_jax.models.model_config import ModelConfig
 from conftest import REPO_ROOT
 
 SMALL = ModelConfig.from_size('small')
@@ -279,7 +281,7 @@ def test_pytorch_scheme_follows_torch_through_the_model(engine, weights):
   symmetric scheme lands much further from torch's numbers."""
   torch = pytest.importorskip('torch', reason='torch is not installed')
   import torch_reference  # pylint: disable=import-outside-toplevel
-  from cerebro_jax import convert  # pylint: disable=import-outside-toplevel
+  from cerebro_jax.models import convert  # pylint: disable=import-outside-toplevel
   config = ModelConfig.from_size('small', depth=2)
   torch.manual_seed(0)
   ref = torch_reference.BPModel(config.embed_dim, config.depth, config.num_heads).eval()

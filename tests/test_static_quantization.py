@@ -7,9 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from cerebro_jax import calibration, checkpoints, inference, model as model_lib, ptq
-from cerebro_jax import quantization as q
-from cerebro_jax.model_config import ModelConfig
+from cerebro_jax import inference
+from cerebro_jax.models import checkpoints, model as model_lib
+from cerebro_jax.quant import calibration, ptq
+from cerebro_jax.quant import quantization as q
+from cerebro_jax.models.model_config import ModelConfig
 
 TINY = ModelConfig.from_size('small', depth=2)
 

@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from cerebro_jax import checkpoints, evaluation, model as model_lib, optim, sharding, train
-from cerebro_jax.model_config import ModelConfig
+from cerebro_jax import sharding
+from cerebro_jax.evaluators import evaluation
+from cerebro_jax.models import checkpoints, model as model_lib
+from cerebro_jax.trainers import optim, train
+from cerebro_jax.models.model_config import ModelConfig
 from configs import accelerator, default, paper
 from conftest import REPO_ROOT
 

@@ -33,9 +33,11 @@ import orbax.checkpoint as ocp
 import tensorflow as tf
 from tqdm import tqdm
 
-from cerebro_jax import (checkpoints, datasets, distributed, evaluation, model as model_lib,
-                         optim, sharding)
-from cerebro_jax.model_config import ModelConfig
+from cerebro_jax import datasets, distributed, sharding
+from cerebro_jax.evaluators import evaluation
+from cerebro_jax.models import checkpoints, model as model_lib
+from cerebro_jax.trainers import optim
+from cerebro_jax.models.model_config import ModelConfig
 from input_pipeline import pipeline
 
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cerebro_jax.model_config import ModelConfig
+from cerebro_jax.models.model_config import ModelConfig
 
 # Order of the model's two outputs, as in the original BP model. Everything user-facing
 # goes through `named_outputs`; nothing else should index the last axis by position.

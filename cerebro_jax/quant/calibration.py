@@ -19,9 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from cerebro_jax import model as model_lib, quantization
-from cerebro_jax.model_config import ModelConfig
-from cerebro_jax.quantization import QuantSpec
+from cerebro_jax.models import model as model_lib
+from cerebro_jax.quant import quantization
+from cerebro_jax.models.model_config import ModelConfig
+from cerebro_jax.quant.quantization import QuantSpec
 
 OBSERVERS = ('minmax', 'percentile')
 BINS = 2048

@@ -19,9 +19,9 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from cerebro_jax import model as model_lib
-from cerebro_jax.model_config import ModelConfig
-from cerebro_jax.torch_files import read_state_dict
+from cerebro_jax.models import model as model_lib
+from cerebro_jax.models.model_config import ModelConfig
+from cerebro_jax.models.torch_files import read_state_dict
 
 # A key every CEReBrO checkpoint has; what stands before it is the file's prefix
 # ('' for Lightning, 'module.' for DataParallel fine-tuned files).

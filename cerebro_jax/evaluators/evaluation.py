@@ -8,9 +8,11 @@ import os
 import jax
 import numpy as np
 
-from cerebro_jax import (checkpoints, datasets, distributed, metrics, model as model_lib,
-                         quantization, report, sharding)
-from cerebro_jax.quantization import QuantSpec
+from cerebro_jax import datasets, distributed, sharding
+from cerebro_jax.evaluators import metrics, report
+from cerebro_jax.models import checkpoints, model as model_lib
+from cerebro_jax.quant import quantization
+from cerebro_jax.quant.quantization import QuantSpec
 from input_pipeline import pipeline, splits, tfds_builders
 
 

@@ -8,7 +8,7 @@ import os
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend, headless or inline
 
-from cerebro_jax.metrics import TARGETS
+from cerebro_jax.evaluators.metrics import TARGETS
 from input_pipeline import beats
 from input_pipeline.records import FS
 from input_pipeline.windows import WINDOW

@@ -48,8 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from cerebro_jax import model as model_lib
-from cerebro_jax.model_config import ModelConfig
+from cerebro_jax.models import model as model_lib
+from cerebro_jax.models.model_config import ModelConfig
 
 QMAX = 127
 _QUANTIZED_LAYER = re.compile(r'^(encoder/blocks_\d+/(attn/(qkv|proj)|mlp/(fc1|fc2))|head)$')

@@ -20,9 +20,11 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from cerebro_jax import (calibration, checkpoints, datasets, evaluation, metrics, quantization,
-                         sharding)
-from cerebro_jax.quantization import QuantSpec
+from cerebro_jax import datasets, sharding
+from cerebro_jax.evaluators import evaluation, metrics
+from cerebro_jax.models import checkpoints
+from cerebro_jax.quant import calibration, quantization
+from cerebro_jax.quant.quantization import QuantSpec
 from input_pipeline import pipeline, tfds_builders
 
 # The dynamic INT8 variants users choose between: QuantSpec fields beyond mode and weights.

@@ -19,8 +19,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from cerebro_jax import model as model_lib, quantization
-from cerebro_jax.model_config import ConfigError, ModelConfig
+from cerebro_jax.models import model as model_lib
+from cerebro_jax.quant import quantization
+from cerebro_jax.models.model_config import ConfigError, ModelConfig
 
 
 class ModelCheckpointError(ValueError):

@@ -1,0 +1,1 @@
+"""Predictions over splits, BP metrics and grades, reports and plots."""

@@ -1,0 +1,1 @@
+"""The Flax CEReBrO BP model, its configuration, PyTorch weights in, model directories."""
