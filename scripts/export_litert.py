@@ -31,12 +31,8 @@ _QUANTIZATION = flags.DEFINE_enum(
     'LiteRT converter\'s dynamic-range INT8 (int8 weights, activations quantized on the '
     'fly); static_int8: int8 weights and inputs of the fully connected layers with input '
     'ranges calibrated on --calibration_data, every other op float32.')
-_CALIBRATION_DATA = flags.DEFINE_string(
-    'calibration_data', '', 'static_int8: prepared dataset (scripts/prepare_data.py, or a '
-    'training workdir\'s data/) whose training split gives the calibration windows.')
-_CALIBRATION_WINDOWS = flags.DEFINE_integer(
-    'calibration_windows', 512, 'static_int8: calibration windows, evenly spaced over the '
-    'training split.', lower_bound=1)
+_CALIBRATION_DATA, _CALIBRATION_WINDOWS = cli.define_calibration_flags('static_int8')
+flags.adopt_module_key_flags(cli)  # --help lists them
 _BATCH = flags.DEFINE_integer('batch', 1, 'Windows per call of the file (fixed in it).',
                               lower_bound=1)
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace --output if it exists.')

@@ -48,12 +48,9 @@ _OBSERVER = flags.DEFINE_enum(
     'values (minmax) or their --percentile (percentile, from a histogram).')
 _PERCENTILE = flags.DEFINE_float('percentile', 99.99, 'Percentile observer: the range is '
                                  'from the (100 - p)-th to the p-th percentile.')
-_CALIBRATION_DATA = flags.DEFINE_string(
-    'calibration_data', '', 'Static: prepared dataset whose training split gives the '
-    'calibration windows (default: --eval_data).')
-_CALIBRATION_WINDOWS = flags.DEFINE_integer(
-    'calibration_windows', 512, 'Static: number of calibration windows, evenly spaced over '
-    'the training split.', lower_bound=1)
+_CALIBRATION_DATA, _CALIBRATION_WINDOWS = cli.define_calibration_flags(
+    'Static INT8 (--mode=static, --compare_static)', '--eval_data')
+flags.adopt_module_key_flags(cli)  # --help lists them
 _EVAL_DATA = flags.DEFINE_string('eval_data', '', 'Prepared dataset to compare accuracy on.')
 _SPLIT = flags.DEFINE_string('split', '', 'Split of --eval_data to compare on (default: its '
                              'test split; test_calbased first for PulseDB\'s official files).')
