@@ -18,6 +18,8 @@
   train  For each size: train step time and windows/s at --batch (Adam, drop path 0.2,
          --dtype), the step's FLOPs from XLA's cost analysis, and model FLOPs
          utilisation against this machine's measured peak (a 4096^2 matmul in --dtype).
+  --compare_torch (model, train) times the PyTorch reference model in the same run
+         (float32; train: forward, MSE, backward, AdamW) and prints JAX's speed-up.
   pulsedb  For each --pulsedb_gb: writes a PulseDB Train_Subset.mat of that size (MATLAB
          v7.3, float64 (1250, 3, N) signals) and imports it with scripts/prepare_data.py's
          code in a fresh process (random protocol): windows/s of the checks pass and of
@@ -68,6 +70,10 @@ _PULSEDB_GB = flags.DEFINE_list('pulsedb_gb', ['0.5', '3', '6'],
                                 'pulsedb: subset file sizes (GB).')
 _PULSEDB_DIR = flags.DEFINE_string('pulsedb_dir', '', 'pulsedb: folder for the files (default '
                                    'a temporary one; needs about twice the largest size).')
+_COMPARE_TORCH = flags.DEFINE_bool(
+    'compare_torch', False, 'model, train: also time the PyTorch reference model '
+    '(tests/torch_reference.py, the original architecture; float32, all cores) in the same '
+    'run and print JAX\'s speed-up over it (>1: JAX is faster). Needs torch.')
 _RUNTIMES = flags.DEFINE_multi_enum('runtimes', ['jax', 'litert', 'pytorch'],
                                     ['jax', 'litert', 'pytorch'], 'quant: runtimes to time.')
 _JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
@@ -129,12 +135,52 @@ def bench_model():
       latency = median_seconds(forward, params, one, repeats=_REPEATS.value)
       per_batch = median_seconds(forward, params, many, repeats=_REPEATS.value)
       scratch, weights = attention_memory(config, _BATCH.value, _CHANNELS.value)
-      rows.append({'size': size, 'attention': attention_type,
-                   'latency_b1_ms': latency * 1e3,
-                   f'throughput_b{_BATCH.value}_windows_per_s': _BATCH.value / per_batch,
-                   'attn_layer_xla_scratch_mib': scratch,
-                   'attn_weights_mib': weights})
+      row = {'size': size, 'attention': attention_type, 'latency_b1_ms': latency * 1e3,
+             f'throughput_b{_BATCH.value}_windows_per_s': _BATCH.value / per_batch,
+             'attn_layer_xla_scratch_mib': scratch, 'attn_weights_mib': weights}
+      if _COMPARE_TORCH.value:
+        torch, module, _ = _require_torch_reference(config)
+        run = _torch_inference(torch, module)
+        torch_latency = median_seconds(run, torch.from_numpy(one), repeats=_REPEATS.value)
+        torch_batch = median_seconds(run, torch.from_numpy(many), repeats=_REPEATS.value)
+        row.update({'torch_latency_b1_ms': torch_latency * 1e3,
+                    f'torch_throughput_b{_BATCH.value}': _BATCH.value / torch_batch,
+                    'latency_speedup_vs_torch': torch_latency / latency,
+                    'throughput_speedup_vs_torch': torch_batch / per_batch})
+      rows.append(row)
   return rows
+
+
+def _require_torch_reference(config):
+  reference = _torch_reference(config)
+  if reference is None:
+    raise SystemExit('--compare_torch needs torch: .venv/bin/pip install -e ".[torch]"')
+  return reference
+
+
+def _torch_inference(torch, module):
+  def forward(x):
+    with torch.inference_mode():
+      return module(x).numpy()
+  return forward
+
+
+def _torch_train_seconds(torch, module, batch: dict) -> float:
+  """Median seconds of one PyTorch training step of the reference model: forward, MSE on
+  [DBP, SBP], backward, AdamW (the original's optimizer) at the same batch."""
+  module.train()
+  optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, weight_decay=0.05)
+  signals = torch.from_numpy(np.asarray(batch['signals']))
+  targets = torch.from_numpy(np.stack([np.asarray(batch['dbp']), np.asarray(batch['sbp'])], -1))
+
+  def step(x):
+    optimizer.zero_grad()
+    loss = torch.nn.functional.mse_loss(module(x), targets)
+    loss.backward()
+    optimizer.step()
+    return loss.detach().numpy()
+
+  return median_seconds(step, signals, repeats=_REPEATS.value)
 
 
 def bench_data():
@@ -249,10 +295,15 @@ def bench_train():
       jax.block_until_ready(loss)
       times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
-    rows.append({'size': size, 'step_ms': seconds * 1e3,
-                 'windows_per_s': _BATCH.value / seconds, 'step_gflop': flops / 1e9,
-                 'achieved_gflops': flops / seconds / 1e9,
-                 'peak_matmul_gflops': peak / 1e9, 'mfu_pct': 100 * flops / seconds / peak})
+    row = {'size': size, 'step_ms': seconds * 1e3, 'windows_per_s': _BATCH.value / seconds,
+           'step_gflop': flops / 1e9, 'achieved_gflops': flops / seconds / 1e9,
+           'peak_matmul_gflops': peak / 1e9, 'mfu_pct': 100 * flops / seconds / peak}
+    if _COMPARE_TORCH.value:
+      torch, module, _ = _require_torch_reference(ModelConfig.from_size(size))
+      torch_seconds = _torch_train_seconds(torch, module, jax.device_get(batch))
+      row.update({'torch_windows_per_s': _BATCH.value / torch_seconds,
+                  'speedup_vs_torch': torch_seconds / seconds})
+    rows.append(row)
   return rows
 
 
@@ -322,13 +373,9 @@ def _quant_torch_rows(torch, module, windows):
                                                              dtype=torch.qint8))):
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
-
-    def forward(x, model=model):
-      with torch.inference_mode():
-        return model(x).numpy()
-
     rows.append({'runtime': 'pytorch', 'format': name, **{
-        label: median_seconds(forward, torch.from_numpy(x), repeats=_REPEATS.value)
+        label: median_seconds(_torch_inference(torch, model), torch.from_numpy(x),
+                              repeats=_REPEATS.value)
         for label, x in windows.items()}, 'file_mib': buffer.getbuffer().nbytes / 2**20})
   return rows
 
