@@ -4,7 +4,11 @@ r"""The paper's recipe on a GPU/TPU: bfloat16 compute and a 4x larger batch.
       --config.data.dir=data/vitaldb --config.init_from=models/cerebro_large --workdir=...
 
 Not the paper's exact recipe: the batch is 4096 with the learning rate scaled linearly
-(4e-4); parameters and optimizer state stay float32.
+(4e-4); parameters and optimizer state stay float32. Why (docs/benchmarks.md, roofline:
+an estimate, no accelerator measured yet): the train step is memory-bound on an H100 and
+a TPU v5e for every size (13-60 FLOP per byte accessed, against ridge points of 240-295),
+its bytes are activations, so bfloat16 saves time by saving bytes, and a larger batch
+does not raise the intensity: 4096 only has to fill the chip.
 """
 
 from configs import paper

@@ -18,6 +18,10 @@
   train  For each size: train step time and windows/s at --batch (Adam, drop path 0.2,
          --dtype), the step's FLOPs from XLA's cost analysis, and model FLOPs
          utilisation against this machine's measured peak (a 4096^2 matmul in --dtype).
+  roofline  An estimate: for each size in float32 and bfloat16, the train step's FLOPs and
+         bytes accessed per window at --batch from XLA's cost analysis, their ratio, and
+         the step time and bound (compute or memory) a roofline gives on an H100 and a
+         TPU v5e from their published peaks. Compiles only; runs anywhere.
   --compare_torch (model, train) times the PyTorch reference model in the same run
          (float32; train: forward, MSE, backward, AdamW) and prints JAX's speed-up.
   pulsedb  For each --pulsedb_gb: writes a PulseDB Train_Subset.mat of that size (MATLAB
@@ -270,21 +274,26 @@ def matmul_peak_flops(dtype) -> float:
   return 2 * n**3 / median_seconds(matmul, a, repeats=_REPEATS.value)
 
 
+def _train_step(size: str, dtype: str, mesh, batch_size: int):
+  """(jitted train step, state, batch) of CEReBrO `size` in `dtype` on random windows."""
+  rng = np.random.default_rng(0)
+  model_config = ModelConfig.from_size(size, dtype=dtype)
+  params = model_lib.init_params(model_config, jax.random.PRNGKey(0))
+  tx, _ = optim.make_optimizer(default.get_config(), params)
+  state = jax.device_put(train.init_state(params, tx, 0), sharding.replicated(mesh))
+  batch = sharding.put_batch({
+      'signals': rng.random((batch_size, 2, SAMPLES), dtype=np.float32),
+      'sbp': rng.uniform(100, 160, batch_size).astype(np.float32),
+      'dbp': rng.uniform(60, 90, batch_size).astype(np.float32)}, mesh)
+  return train.make_train_step(model_config, tx, mesh), state, batch
+
+
 def bench_train():
   peak = matmul_peak_flops(jnp.dtype(_DTYPE.value))
   mesh = sharding.data_mesh()
   rows = []
-  rng = np.random.default_rng(0)
   for size in _SIZES.value:
-    model_config = ModelConfig.from_size(size, dtype=_DTYPE.value)
-    params = model_lib.init_params(model_config, jax.random.PRNGKey(0))
-    tx, _ = optim.make_optimizer(default.get_config(), params)
-    state = jax.device_put(train.init_state(params, tx, 0), sharding.replicated(mesh))
-    step = train.make_train_step(model_config, tx, mesh)
-    batch = sharding.put_batch({
-        'signals': rng.random((_BATCH.value, 2, SAMPLES), dtype=np.float32),
-        'sbp': rng.uniform(100, 160, _BATCH.value).astype(np.float32),
-        'dbp': rng.uniform(60, 90, _BATCH.value).astype(np.float32)}, mesh)
+    step, state, batch = _train_step(size, _DTYPE.value, mesh, _BATCH.value)
     flops = step.lower(state, batch).compile().cost_analysis()['flops']
     state, _ = step(state, batch)  # compile
     jax.block_until_ready(state)
@@ -304,6 +313,36 @@ def bench_train():
       row.update({'torch_windows_per_s': _BATCH.value / torch_seconds,
                   'speedup_vs_torch': torch_seconds / seconds})
     rows.append(row)
+  return rows
+
+
+# Published dense peaks, from the vendors' data sheets: matmul FLOP/s by compute dtype and
+# memory bandwidth (bytes/s). float32 is what JAX's default matmul precision runs: TF32
+# tensor cores on an H100, one bfloat16 pass on a TPU.
+ACCELERATORS = {
+    'H100 SXM': {'float32': 494e12, 'bfloat16': 989e12, 'bytes_per_s': 3.35e12},
+    'TPU v5e': {'float32': 197e12, 'bfloat16': 197e12, 'bytes_per_s': 819e9},
+}
+
+
+def bench_roofline():
+  """An estimate, not a measurement: the train step's FLOPs and bytes accessed from XLA's
+  cost analysis (of the CPU compilation: fusion on a GPU or TPU differs), and the step time
+  a roofline gives on each ACCELERATORS entry: max(FLOPs / peak, bytes / bandwidth)."""
+  mesh = sharding.data_mesh()
+  rows = []
+  for size in _SIZES.value:
+    for dtype in ('float32', 'bfloat16'):
+      step, state, batch = _train_step(size, dtype, mesh, _BATCH.value)
+      cost = step.lower(state, batch).compile().cost_analysis()
+      flops, moved = cost['flops'], cost['bytes accessed']
+      row = {'size': size, 'dtype': dtype, 'gflop_per_window': flops / _BATCH.value / 1e9,
+             'mb_per_window': moved / _BATCH.value / 1e6, 'flop_per_byte': flops / moved}
+      for name, chip in ACCELERATORS.items():
+        compute, memory = flops / chip[dtype], moved / chip['bytes_per_s']
+        row[f'{name} est. step ms'] = max(compute, memory) * 1e3
+        row[f'{name} bound'] = 'compute' if compute >= memory else 'memory'
+      rows.append(row)
   return rows
 
 
@@ -416,7 +455,7 @@ def print_table(rows):
 
 def main(argv):
   benchmarks = {'model': bench_model, 'data': bench_data, 'quant': bench_quant,
-                'train': bench_train, 'pulsedb': bench_pulsedb}
+                'train': bench_train, 'pulsedb': bench_pulsedb, 'roofline': bench_roofline}
   if len(argv) != 2 or argv[1] not in benchmarks:
     raise SystemExit(f'usage: benchmark.py {{{",".join(benchmarks)}}} [--json] [flags]')
   rows = benchmarks[argv[1]]()
