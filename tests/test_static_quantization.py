@@ -130,7 +130,7 @@ def test_bad_calibration_requests_are_refused(tiny):
     calibration.layer_ranges(params, TINY, x, 'percentile', 30)
   with pytest.raises(ValueError, match='at least one window'):
     calibration.layer_ranges(params, TINY, x[:0])
-  with pytest.raises(ValueError, match='bad quantization spec'):
+  with pytest.raises(ValueError, match='one calibrated input range per layer'):
     q.QuantSpec('int8_static', activations='window')
 
 

@@ -80,9 +80,11 @@ class QuantSpec:
   def __post_init__(self):
     if self.mode not in MODES or self.weights not in ('channel', 'tensor') or (
         self.activations not in ACTIVATION_GRANULARITIES or self.scheme not in SCHEMES
-        or (self.reduce_range and self.scheme != 'pytorch')
-        or (self.mode == 'int8_static' and self.activations != 'tensor')):
+        or (self.reduce_range and self.scheme != 'pytorch')):
       raise ValueError(f'bad quantization spec {self}')
+    if self.mode == 'int8_static' and self.activations != 'tensor':
+      raise ValueError('bad quantization spec: static INT8 has one calibrated input range '
+                       f'per layer (activations=tensor), not per {self.activations}')
 
   @classmethod
   def from_metadata(cls, metadata: dict) -> 'QuantSpec':
