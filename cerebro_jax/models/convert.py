@@ -212,6 +212,22 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], config: ModelConfig, *
   return traverse_util.unflatten_dict(flat), report
 
 
+def export_state_dict(params, config: ModelConfig, prefix: str = 'module.') -> dict:
+  """Float `params` of CerebroBP(config) -> the original's fine-tuned BP state dict
+  (tensor name -> float32 numpy array in PyTorch's layout), every name with `prefix`
+  ('module.': nn.DataParallel's, as the original's fine-tuned files). The inverse of
+  convert_state_dict."""
+  flat = traverse_util.flatten_dict(params)
+  state = {}
+  for m in tensor_mappings(config):
+    value = np.asarray(flat[m.flax_path], np.float32)
+    # Each to_flax is the identity, a transpose, or a transpose of a reshape: undone by a
+    # transpose (where it transposes) and the torch shape.
+    back = value if m.to_flax is _same else value.T
+    state[prefix + m.torch_key] = np.ascontiguousarray(back.reshape(m.torch_shape))
+  return state
+
+
 def convert_checkpoint(path: str | os.PathLike, config: ModelConfig,
                        **kwargs) -> tuple[dict, ConversionReport]:
   """Reads a `.ckpt` (Lightning or fine-tuned) or `.safetensors` file and converts it.

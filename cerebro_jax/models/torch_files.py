@@ -42,7 +42,7 @@ def _import_torch():
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise CheckpointReadError(
-        'reading PyTorch .ckpt/.pt files needs torch: pip install "cerebro-bp[torch]" '
+        'PyTorch .ckpt/.pt files need torch to read or write: pip install "cerebro-bp[torch]" '
         '(or convert the checkpoint to .safetensors elsewhere)') from e
   return torch
 
@@ -121,3 +121,16 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], str
   if not_tensors:
     raise CheckpointReadError(f'{path}: state dict entries that are not tensors: {not_tensors}')
   return arrays, fmt
+
+
+def write_state_dict(state: dict[str, np.ndarray], path: str | os.PathLike) -> None:
+  """Writes tensors (name -> numpy array) as the original's fine-tuned file: `.safetensors`
+  as they are, `.ckpt` as torch.save({'model_state_dict': ...}) (needs torch)."""
+  path = os.fspath(path)
+  if path.endswith('.safetensors'):
+    from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+    save_file(state, path)
+    return
+  torch = _import_torch()
+  torch.save({'model_state_dict': {k: torch.from_numpy(np.array(v)) for k, v in state.items()}},
+             path)
