@@ -20,8 +20,8 @@ import numpy as np
 from flax import traverse_util
 
 from cerebro_jax.models import model as model_lib
-from cerebro_jax.quant import quantization
 from cerebro_jax.models.model_config import ModelConfig
+from cerebro_jax.quant import quantization
 from cerebro_jax.quant.quantization import QuantSpec
 
 OBSERVERS = ('minmax', 'percentile')
@@ -83,20 +83,33 @@ def layer_ranges(params, model_config: ModelConfig, windows: np.ndarray,
                  batch_size: int = 64) -> dict[str, tuple[np.float32, np.float32]]:
   """{quantized layer path: (low, high)} of its input over `windows` (N, 2, 1250), as
   `observer` sees it (module docstring); float params."""
-  if observer not in OBSERVERS:
-    raise ValueError(f'unknown observer {observer!r}; choose one of {OBSERVERS}')
+  return ranges_by_observer(params, model_config, windows, (observer,), percentile,
+                            batch_size)[observer]
+
+
+def ranges_by_observer(params, model_config: ModelConfig, windows: np.ndarray,
+                       observers=OBSERVERS, percentile: float = 99.99,
+                       batch_size: int = 64) -> dict[str, dict]:
+  """{observer: layer_ranges} for each of `observers`, sharing the min-max pass."""
+  unknown = [o for o in observers if o not in OBSERVERS]
+  if unknown:
+    raise ValueError(f'unknown observer {unknown[0]!r}; choose one of {OBSERVERS}')
   if not 50 < percentile <= 100:
     raise ValueError(f'percentile {percentile} must be in (50, 100]')
   if len(windows) == 0:
     raise ValueError('calibration needs at least one window')
   extremes = _over_batches(_observe_fn(model_config, _min_max), params, windows, batch_size,
                            {}, lambda a, b: np.stack([min(a[0], b[0]), max(a[1], b[1])]))
-  if observer == 'minmax':
-    return {layer: (np.float32(lo), np.float32(hi)) for layer, (lo, hi) in extremes.items()}
-  counts = _over_batches(_observe_fn(model_config, _histogram), params, windows, batch_size,
-                         extremes, np.add)
-  return {layer: _percentile_range(counts[layer], *extremes[layer], percentile)
-          for layer in extremes}
+  ranges = {}
+  if 'minmax' in observers:
+    ranges['minmax'] = {layer: (np.float32(lo), np.float32(hi))
+                        for layer, (lo, hi) in extremes.items()}
+  if 'percentile' in observers:
+    counts = _over_batches(_observe_fn(model_config, _histogram), params, windows,
+                           batch_size, extremes, np.add)
+    ranges['percentile'] = {layer: _percentile_range(counts[layer], *extremes[layer],
+                                                     percentile) for layer in extremes}
+  return ranges
 
 
 def static_params(params, ranges: dict, spec: QuantSpec) -> dict:

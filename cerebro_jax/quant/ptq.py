@@ -54,8 +54,8 @@ def _predict_split(tree, model_config, builder, split: str, batch_size: int,
 def compare_schemes(params, model_config, builder, split: str, batch_size: int,
                     reference: dict, weights: str = 'channel') -> list[dict]:
   """Each SCHEME_VARIANTS entry on `split` against the float model's `reference` outputs
-  (predict_split's), one row each (mmHg): SBP and DBP MAE; mean and largest
-  |INT8 - float32| estimate; largest change of an estimate when the split is batched by
+  (predict_split's), one row each (mmHg): _error_row's accuracy and change against
+  float32; largest change of an estimate when the split is batched by
   _SMALL_BATCH x devices instead of `batch_size`."""
   small = _SMALL_BATCH * jax.device_count()
   rows = []
@@ -64,12 +64,7 @@ def compare_schemes(params, model_config, builder, split: str, batch_size: int,
     qparams = quantization.quantize_params(params, weights, spec.scheme)
     out, rebatched = (_predict_split(qparams, model_config, builder, split, b, spec)
                       for b in (batch_size, small))
-    change = np.abs(np.stack([out[t] - reference[t] for t in metrics.TARGETS]))
-    rows.append({'variant': name, **dataclasses.asdict(spec),
-                 'sbp_mae': float(np.abs(out['sbp'] - out['sbp_ref']).mean()),
-                 'dbp_mae': float(np.abs(out['dbp'] - out['dbp_ref']).mean()),
-                 'mean_abs_change_mmhg': float(change.mean()),
-                 'max_abs_change_mmhg': float(change.max()),
+    rows.append({'variant': name, **dataclasses.asdict(spec), **_error_row(out, reference),
                  'max_batch_effect_mmhg': float(max(np.abs(out[t] - rebatched[t]).max()
                                                     for t in metrics.TARGETS))})
   return rows
@@ -97,9 +92,8 @@ def compare_static(params, model_config, builder, split: str, batch_size: int,
                    reference: dict, windows: np.ndarray, percentile: float) -> list[dict]:
   """Static INT8 for each STATIC_GRID configuration, calibrated on `windows`, on `split`
   against the float model's `reference` outputs: one _error_row each."""
-  ranges = {observer: calibration.layer_ranges(params, model_config, windows, observer,
-                                               percentile)
-            for observer in calibration.OBSERVERS}
+  ranges = calibration.ranges_by_observer(params, model_config, windows,
+                                          percentile=percentile)
   rows = []
   for observer, scheme, weights in STATIC_GRID:
     spec = QuantSpec('int8_static', weights=weights, scheme=scheme)
