@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,8 +12,10 @@ import pytest
 
 from cerebro_jax import inference
 from cerebro_jax.models import checkpoints, model as model_lib
-from cerebro_jax.quant import ptq, quantization as q
 from cerebro_jax.models.model_config import ModelConfig
+from cerebro_jax.quant import ptq, quantization as q
+
+import one_layer
 from conftest import REPO_ROOT
 
 SMALL = ModelConfig.from_size('small')
@@ -75,29 +76,20 @@ def test_only_the_papers_layers_are_quantized():
   assert q.quantize_params(params, 'tensor')['head']['scale'].shape == (1,)
 
 
-class _OneLayer(nn.Module):
-
-  @nn.compact
-  def __call__(self, x):
-    return nn.Dense(576, name='head')(x)
-
-
 @pytest.mark.parametrize('scheme,reduce_range', [('symmetric', False), ('pytorch', False),
                                                  ('pytorch', True)])
 @pytest.mark.parametrize('activations', q.ACTIVATION_GRANULARITIES)
 def test_integer_path_equals_the_simulation_per_layer(activations, scheme, reduce_range):
   x = jnp.asarray(np.random.default_rng(2).normal(size=(16, 38, 192)), jnp.float32)
-  params = _OneLayer().init(jax.random.PRNGKey(0), x)['params']
+  params = one_layer.OneLayer().init(jax.random.PRNGKey(0), x)['params']
   qparams = q.quantize_params(params, 'channel', scheme)
   outputs = {}
   for integer in (False, True):
     spec = q.QuantSpec('int8_dynamic', activations=activations, integer=integer,
                        scheme=scheme, reduce_range=reduce_range)
-    interceptor = q._quantizing_interceptor(spec)  # pylint: disable=protected-access
-    with nn.intercept_methods(interceptor):
-      outputs[integer] = np.asarray(_OneLayer().apply({'params': qparams}, x))
+    outputs[integer] = one_layer.run(qparams, x, spec)
   np.testing.assert_allclose(outputs[True], outputs[False], rtol=1e-5, atol=1e-5)
-  float_out = np.asarray(_OneLayer().apply({'params': params}, x))
+  float_out = one_layer.run(params, x)
   assert 1e-4 < np.abs(outputs[True] - float_out).max() < 0.05 * np.abs(float_out).max()
 
 
@@ -265,9 +257,7 @@ def test_pytorch_scheme_is_torch_quantize_dynamic_per_layer(engine, weights, inp
                      'bias': linear[0].bias.detach().numpy()}}
   spec = q.QuantSpec('int8_dynamic', weights=weights, scheme='pytorch',
                      reduce_range=engine == 'fbgemm')
-  with nn.intercept_methods(q._quantizing_interceptor(spec)):  # pylint: disable=protected-access
-    got = np.asarray(_OneLayer().apply({'params': q.quantize_params(params, weights,
-                                                                    'pytorch')}, x))
+  got = one_layer.run(q.quantize_params(params, weights, 'pytorch'), x, spec)
   error = np.abs(expected - float_out).max()
   assert error > 1e-3
   assert np.abs(got - expected).max() < 1e-4 * error + 1e-5

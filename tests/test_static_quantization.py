@@ -9,9 +9,11 @@ import pytest
 
 from cerebro_jax import inference
 from cerebro_jax.models import checkpoints, model as model_lib
+from cerebro_jax.models.model_config import ModelConfig
 from cerebro_jax.quant import calibration, ptq
 from cerebro_jax.quant import quantization as q
-from cerebro_jax.models.model_config import ModelConfig
+
+import one_layer
 
 TINY = ModelConfig.from_size('small', depth=2)
 
@@ -57,32 +59,21 @@ def test_minmax_ranges_are_every_layers_input_extremes(tiny):
     np.testing.assert_allclose(ranges[layer], (values.min(), values.max()), rtol=1e-6)
 
 
-class _Head(nn.Module):
-
-  @nn.compact
-  def __call__(self, x):
-    return nn.Dense(2, name='head')(x)
-
-
 @pytest.mark.parametrize('scheme', q.SCHEMES)
 def test_a_static_layer_with_its_inputs_range_is_dynamic_per_batch(scheme):
   """Given the range of exactly the batch it runs, a static layer is dynamic per-batch INT8
   to the last bit (same scale and zero point); on other inputs it is not."""
   x = np.random.default_rng(2).normal(size=(16, 38, 192)).astype(np.float32)
-  params = _Head().init(jax.random.PRNGKey(0), x)['params']
+  params = one_layer.OneLayer().init(jax.random.PRNGKey(0), x)['params']
   static = q.QuantSpec('int8_static', scheme=scheme)
-  qparams = calibration.static_params({'head': params['head']},
-                                      {'head': (x.min(), x.max())}, static)
-
-  def run(spec, tree, inputs):
-    with nn.intercept_methods(q._quantizing_interceptor(spec)):  # pylint: disable=protected-access
-      return np.asarray(_Head().apply({'params': tree}, inputs))
-
+  qparams = calibration.static_params(params, {'head': (x.min(), x.max())}, static)
   dynamic = q.QuantSpec('int8_dynamic', scheme=scheme)
   dynamic_params = q.quantize_params(params, 'channel', scheme)
-  np.testing.assert_array_equal(run(static, qparams, x), run(dynamic, dynamic_params, x))
+  np.testing.assert_array_equal(one_layer.run(qparams, x, static),
+                                one_layer.run(dynamic_params, x, dynamic))
   wider = x * 3  # beyond the calibrated range: clipped
-  assert np.abs(run(static, qparams, wider) - run(dynamic, dynamic_params, wider)).max() > 0.1
+  assert np.abs(one_layer.run(qparams, wider, static)
+                - one_layer.run(dynamic_params, wider, dynamic)).max() > 0.1
 
 
 def test_static_model_is_as_close_to_float_as_dynamic(tiny):
