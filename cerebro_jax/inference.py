@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cerebro_jax.models import model as model_lib
-from cerebro_jax.quant import quantization
 from cerebro_jax.models.model_config import ModelConfig
+from cerebro_jax.quant import quantization
 from cerebro_jax.quant.quantization import QuantSpec
 from input_pipeline import mimic3, vitaldb_files
 from input_pipeline.records import Record

@@ -81,5 +81,6 @@ def _predictor(checkpoint: str):
   return (inference.model_predictor(params, config, _BATCH_SIZE.value, spec),
           f'CEReBrO {config.size}, {spec.mode}')
 
+
 if __name__ == '__main__':
   cli.run(main)

@@ -52,9 +52,9 @@ from absl import flags
 
 from cerebro_jax import cli, sharding
 from cerebro_jax.models import checkpoints, convert, model as model_lib
+from cerebro_jax.models.model_config import ATTENTION_TYPES, SIZES, ModelConfig
 from cerebro_jax.quant import calibration, litert, ptq, quantization
 from cerebro_jax.trainers import optim, train
-from cerebro_jax.models.model_config import ATTENTION_TYPES, SIZES, ModelConfig
 from configs import default
 from input_pipeline import (mimic3, pipeline, prepare, pulsedb_plan, pulsedb_writer, synthetic,
                             tfds_builders)

@@ -12,8 +12,8 @@ import optax
 
 from cerebro_jax import sharding
 from cerebro_jax.models import model as model_lib
-from cerebro_jax.trainers import train
 from cerebro_jax.models.model_config import ModelConfig
+from cerebro_jax.trainers import train
 
 
 def run(mesh, steps=3):

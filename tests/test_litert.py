@@ -10,8 +10,8 @@ import pytest
 
 from cerebro_jax import inference
 from cerebro_jax.models import checkpoints, model as model_lib
-from cerebro_jax.quant import litert, quantization
 from cerebro_jax.models.model_config import ModelConfig
+from cerebro_jax.quant import litert, quantization
 from conftest import REPO_ROOT
 
 CONFIG = ModelConfig.from_size('small', depth=2)

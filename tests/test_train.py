@@ -15,8 +15,8 @@ from flax import traverse_util
 from cerebro_jax import sharding
 from cerebro_jax.evaluators import evaluation
 from cerebro_jax.models import checkpoints, model as model_lib
-from cerebro_jax.trainers import optim, train
 from cerebro_jax.models.model_config import ModelConfig
+from cerebro_jax.trainers import optim, train
 from configs import accelerator, default, paper
 from conftest import REPO_ROOT
 

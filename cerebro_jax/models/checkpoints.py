@@ -20,8 +20,8 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from cerebro_jax.models import model as model_lib
-from cerebro_jax.quant import quantization
 from cerebro_jax.models.model_config import ConfigError, ModelConfig
+from cerebro_jax.quant import quantization
 
 
 class ModelCheckpointError(ValueError):

@@ -27,8 +27,8 @@ import numpy as np
 
 from cerebro_jax import inference
 from cerebro_jax.models import model as model_lib
-from cerebro_jax.quant import quantization
 from cerebro_jax.models.model_config import ModelConfig
+from cerebro_jax.quant import quantization
 
 QUANTIZATIONS = ('none', 'dynamic_int8', 'static_int8')
 _STATIC_OPS = ('FULLY_CONNECTED',)  # static_int8 quantizes these ops only

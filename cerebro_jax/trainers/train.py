@@ -36,8 +36,8 @@ from tqdm import tqdm
 from cerebro_jax import datasets, distributed, sharding
 from cerebro_jax.evaluators import evaluation
 from cerebro_jax.models import checkpoints, model as model_lib
-from cerebro_jax.trainers import optim
 from cerebro_jax.models.model_config import ModelConfig
+from cerebro_jax.trainers import optim
 from input_pipeline import pipeline
 
 
