@@ -1,9 +1,11 @@
-r"""Trains and evaluates CEReBrO BP models: flags only; the logic is in train.py.
+r"""Trains and evaluates CEReBrO BP models, or pre-trains CEReBrO: flags only; the logic
+is in trainers/train.py and trainers/pretrain.py (config.objective chooses).
 
   python -m cerebro_jax.main --config=configs/default.py --workdir=runs/default
   python -m cerebro_jax.main --config=configs/paper.py:mimic3,small,unfrozen \
       --config.data.dir=data/mimic3 --config.init_from=models/cerebro_small --workdir=...
   python -m cerebro_jax.main --mode=evaluate --config=... --workdir=runs/default
+  python -m cerebro_jax.main --config=configs/pretrain.py --workdir=runs/pretrain
 
 Several processes (hosts): run the same command on each. On Cloud TPU, SLURM (srun) and
 Open MPI (mpirun) JAX finds the others itself; elsewhere add --coordinator_address=HOST:PORT
@@ -20,8 +22,8 @@ from ml_collections import config_flags
 
 from cerebro_jax import cli, datasets, distributed
 from cerebro_jax.evaluators import evaluation, report
-from cerebro_jax.trainers import train
-from input_pipeline import pipeline
+from cerebro_jax.trainers import pretrain, train
+from input_pipeline import pipeline, records
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'A config file (configs/*.py[:argument]).', lock_config=True)
@@ -47,12 +49,18 @@ def main(argv):
     raise SystemExit(f'unexpected arguments: {argv[1:]}')
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if _MODE.value == 'train_and_evaluate' and _CONFIG.value.objective == 'masked_patches':
+      results = pretrain.pretrain_and_evaluate(_CONFIG.value, _WORKDIR.value)
+      distributed.log(pretrain.metrics_markdown(results, _CONFIG.value.pretrain.loss))
+      distributed.log(f'Pre-trained model in {_WORKDIR.value}/model; fine-tune it with '
+                      f'--config.init_from={_WORKDIR.value}/model')
+      return
     if _MODE.value == 'train_and_evaluate':
       reports = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     else:
       reports = evaluation.evaluate(_CONFIG.value, _WORKDIR.value, _MODEL.value)
   except (datasets.ProtocolMismatchError, pipeline.DatasetNotFoundError,
-          distributed.ProcessFlagsError) as e:
+          distributed.ProcessFlagsError, records.RecordError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   distributed.log(report.markdown_table(reports))

@@ -76,7 +76,7 @@ def _predictor(checkpoint: str):
     if not os.path.isfile(checkpoint):
       raise FileNotFoundError(f'{checkpoint}: no such LiteRT file')
     return litert.load_predictor(checkpoint), f'LiteRT {os.path.basename(checkpoint)}'
-  params, config, metadata = checkpoints.load_model(checkpoint)
+  params, config, metadata = checkpoints.load_model(checkpoint, head='bp')
   spec = QuantSpec.from_metadata(metadata)
   return (inference.model_predictor(params, config, _BATCH_SIZE.value, spec),
           f'CEReBrO {config.size}, {spec.mode}')

@@ -9,6 +9,9 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
+  # What the job trains: 'bp' (blood pressure, train.py) or 'masked_patches' (pre-training,
+  # pretrain.py; configs/pretrain.py).
+  config.objective = 'bp'
 
   config.data = ml_collections.ConfigDict()
   # 'synthetic' (built into <workdir>/data on first use), 'mimic3', 'vitaldb' or 'pulsedb'.
@@ -60,6 +63,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.learning_rate = 3e-4
   config.b1 = 0.9
   config.b2 = 0.999
+  # 'constant' (config.learning_rate throughout) or 'warmup_cosine' (per update: linear
+  # from min_learning_rate over warmup_epochs, then cosine back to it at num_epochs).
+  config.schedule = 'constant'
+  config.warmup_epochs = 0.0
+  config.min_learning_rate = 0.0
+  # Micro-batches of batch_size whose gradients are averaged into each optimizer update
+  # (optax.MultiSteps): an effective batch of batch_size x grad_accum_steps.
+  config.grad_accum_steps = 1
   # Decoupled weight decay (AdamW) when > 0; frozen parameters never decay.
   config.weight_decay = 0.0
   # Clip the global gradient norm to this when > 0.

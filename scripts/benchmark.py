@@ -54,7 +54,7 @@ from cerebro_jax import cli, sharding
 from cerebro_jax.models import checkpoints, convert, model as model_lib
 from cerebro_jax.models.model_config import ATTENTION_TYPES, SIZES, ModelConfig
 from cerebro_jax.quant import calibration, litert, ptq, quantization
-from cerebro_jax.trainers import optim, train
+from cerebro_jax.trainers import loop, optim, train
 from configs import default
 from input_pipeline import (mimic3, pipeline, prepare, pulsedb_plan, pulsedb_writer, synthetic,
                             tfds_builders)
@@ -280,7 +280,7 @@ def _train_step(size: str, dtype: str, mesh, batch_size: int):
   model_config = ModelConfig.from_size(size, dtype=dtype)
   params = model_lib.init_params(model_config, jax.random.PRNGKey(0))
   tx, _ = optim.make_optimizer(default.get_config(), params)
-  state = jax.device_put(train.init_state(params, tx, 0), sharding.replicated(mesh))
+  state = jax.device_put(loop.init_state(params, tx, 0), sharding.replicated(mesh))
   batch = sharding.put_batch({
       'signals': rng.random((batch_size, 2, SAMPLES), dtype=np.float32),
       'sbp': rng.uniform(100, 160, batch_size).astype(np.float32),

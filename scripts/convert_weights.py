@@ -6,7 +6,9 @@ r"""Converts a PyTorch CEReBrO checkpoint into a cerebro-bp model directory (orb
 Reads Lightning pre-trained `.ckpt`, DataParallel fine-tuned `.ckpt` and `.safetensors`
 files. Every missing, unexpected or mis-shaped tensor is reported by name and stops the
 conversion, except that a pre-trained encoder gets a freshly initialised BP head and its
-pre-training decoder is skipped (both said).
+pre-training decoder is skipped (both said). `--head reconstruction` keeps the decoder
+instead: a pre-trained model directory (for more pre-training, or export_weights.py);
+fine-tuning takes either kind as config.init_from.
 """
 
 import sys
@@ -34,13 +36,19 @@ _ALLOW_MISSING = flags.DEFINE_multi_string(
 _ALLOW_UNEXPECTED = flags.DEFINE_multi_string(
     'allow_unexpected', [], 'fnmatch pattern of unprefixed keys that may be present and are '
     'ignored (repeatable).')
+_HEAD = flags.DEFINE_enum('head', 'bp', ['bp', 'reconstruction'],
+                          'bp: a BP model directory (a pre-trained file gets a fresh head); '
+                          'reconstruction: a pre-trained model directory with the file\'s '
+                          'pre-training decoder (model_head.decoder_pred.*).')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace --output if it exists.')
 
 
 def main(argv):
   del argv
   import jax  # pylint: disable=import-outside-toplevel
-  overrides = {} if _DEPTH.value is None else {'depth': _DEPTH.value}
+  overrides = {'head': _HEAD.value}
+  if _DEPTH.value is not None:
+    overrides['depth'] = _DEPTH.value
   config = ModelConfig.from_size(_SIZE.value, **overrides)
   try:
     params, report = convert.convert_checkpoint(

@@ -51,7 +51,7 @@ def main(argv):
           file=sys.stderr)
     return 1
   try:
-    params, config, _ = checkpoints.load_model(_CHECKPOINT.value)
+    params, config, _ = checkpoints.load_model(_CHECKPOINT.value, head='bp')
     calibration = ptq.calibration_windows(_CALIBRATION_DATA.value, _CALIBRATION_WINDOWS.value
                                           ) if _CALIBRATION_DATA.value else None
     size = litert.export(params, config, _OUTPUT.value, _QUANTIZATION.value, _BATCH.value,

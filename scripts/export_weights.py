@@ -8,10 +8,12 @@ r"""Writes a cerebro-bp model directory in the original PyTorch code's layout.
 A fine-tuned BP model becomes the original's fine-tuned file: {'model_state_dict':
 {'module.model.*', 'module.model_head.*'}} (nn.DataParallel names), loadable with
 `model.load_state_dict(ckpt['model_state_dict'])` after wrapping the original model in
-DataParallel; `--format=safetensors` writes the same tensors (names with the prefix) as
-a safetensors file instead, readable without pickle. `scripts/convert_weights.py` reads
-both back into identical parameters. Pre-trained encoders (the Lightning layout) are not
-written yet: this project does not pre-train (issue 11). .ckpt needs torch installed.
+DataParallel. A pre-trained model (configs/pretrain.py's <workdir>/model) becomes the
+original's Lightning pre-training file: {'state_dict': {'model.*',
+'model_head.decoder_pred.*'}}. `--format=safetensors` writes the same tensors (names
+with the prefix) as a safetensors file instead, readable without pickle.
+`scripts/convert_weights.py` reads both back into identical parameters (`--head
+reconstruction` for a pre-trained file). .ckpt needs torch installed.
 """
 
 import os
@@ -24,7 +26,8 @@ from cerebro_jax.models import checkpoints, convert, torch_files
 from cerebro_jax.models.torch_files import CheckpointReadError
 from cerebro_jax.quant import quantization
 
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Float model directory.', required=True)
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Float model directory: a BP model or a '
+                                  'pre-trained one.', required=True)
 _OUTPUT = flags.DEFINE_string('output', None, 'File to write (.ckpt or .safetensors).',
                               required=True)
 _FORMAT = flags.DEFINE_enum('format', 'ckpt', ['ckpt', 'safetensors'],
@@ -53,13 +56,15 @@ def main(argv):
           file=sys.stderr)
     return 1
   try:
-    torch_files.write_state_dict(convert.export_state_dict(params, config), _OUTPUT.value)
+    layout = convert.layout_of(config)
+    torch_files.write_state_dict(convert.export_state_dict(params, config), _OUTPUT.value,
+                                 layout.entry)
   except CheckpointReadError as e:  # torch missing for .ckpt
     print(f'error: {e}; or use --format=safetensors', file=sys.stderr)
     return 1
   print(f'{_OUTPUT.value}: {len(convert.tensor_mappings(config))} tensors of CEReBrO '
-        f'{config.size} (depth {config.depth}), the fine-tuned layout (module.model.*, '
-        f'module.model_head.*), {os.path.getsize(_OUTPUT.value) / 2**20:.2f} MiB')
+        f'{config.size} (depth {config.depth}), {layout.name}, '
+        f'{os.path.getsize(_OUTPUT.value) / 2**20:.2f} MiB')
   return 0
 
 

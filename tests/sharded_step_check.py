@@ -13,14 +13,14 @@ import optax
 from cerebro_jax import sharding
 from cerebro_jax.models import model as model_lib
 from cerebro_jax.models.model_config import ModelConfig
-from cerebro_jax.trainers import train
+from cerebro_jax.trainers import loop, train
 
 
 def run(mesh, steps=3):
   model_config = ModelConfig(embed_dim=48, depth=2, num_heads=4, drop_path_rate=0.2)
   params = model_lib.init_params(model_config, jax.random.PRNGKey(0))
   tx = optax.sgd(1e-4)
-  state = jax.device_put(train.init_state(params, tx, 1), sharding.replicated(mesh))
+  state = jax.device_put(loop.init_state(params, tx, 1), sharding.replicated(mesh))
   step = train.make_train_step(model_config, tx, mesh)
   rng = np.random.default_rng(0)
   losses = []

@@ -16,7 +16,7 @@ from cerebro_jax import sharding
 from cerebro_jax.evaluators import evaluation
 from cerebro_jax.models import checkpoints, model as model_lib
 from cerebro_jax.models.model_config import ModelConfig
-from cerebro_jax.trainers import optim, train
+from cerebro_jax.trainers import loop, optim, train
 from configs import accelerator, default, paper
 from conftest import REPO_ROOT
 
@@ -44,7 +44,7 @@ def start_state(config, model_config=TINY):
   params = model_lib.init_params(model_config, jax.random.PRNGKey(0))
   params['head']['bias'] = np.array([75.0, 130.0], np.float32)
   tx, labels = optim.make_optimizer(config, params)
-  return train.init_state(params, tx, 1), tx, labels
+  return loop.init_state(params, tx, 1), tx, labels
 
 
 def test_first_step_equals_an_independent_computation():
@@ -191,7 +191,7 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   saved = sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
   assert saved == ['1']
   before = (workdir / 'checkpoints' / '1').stat().st_mtime_ns
-  with pytest.raises(train.TrainingDivergedError, match=r'became (nan|inf).*epoch 2.*epoch 1'):
+  with pytest.raises(loop.TrainingDivergedError, match=r'became (nan|inf).*epoch 2.*epoch 1'):
     train.train_and_evaluate(tiny_config(num_epochs=2, learning_rate=1e30), str(workdir))
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()) == ['1']
   assert (workdir / 'checkpoints' / '1').stat().st_mtime_ns == before

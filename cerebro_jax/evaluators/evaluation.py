@@ -85,7 +85,7 @@ def evaluate(config, workdir: str, model_dir: str = '') -> dict:
   the training split's means of the configured dataset.
   """
   model_dir = model_dir or os.path.join(workdir, 'model')
-  params, model_config, metadata = checkpoints.load_model(model_dir)
+  params, model_config, metadata = checkpoints.load_model(model_dir, head='bp')
   builder = datasets.get_builder(config.data, workdir)
   mesh = sharding.data_mesh()
   params = jax.device_put(params, sharding.replicated(mesh))

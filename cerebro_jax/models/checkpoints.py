@@ -49,8 +49,20 @@ def model_args(params, config: ModelConfig, metadata: dict[str, Any] | None = No
                             metadata=ocp.args.JsonSave(metadata or {}))
 
 
-def load_model(directory: str | os.PathLike) -> tuple[dict, ModelConfig, dict[str, Any]]:
-  """Reads a directory written by `save_model`: (params, config, metadata)."""
+_HEAD_ADVICE = {
+    'bp': 'a pre-trained model reconstructs patches and estimates no blood pressure: '
+          'fine-tune it first (python -m cerebro_jax.main --config.init_from=DIR)',
+    'reconstruction': 'a BP model has no pre-training decoder',
+}
+
+
+def load_model(directory: str | os.PathLike,
+               head: str | None = None) -> tuple[dict, ModelConfig, dict[str, Any]]:
+  """Reads a directory written by `save_model`: (params, config, metadata).
+
+  head: 'bp' or 'reconstruction' to refuse, with a ModelCheckpointError, a model of the
+  other kind; None accepts both.
+  """
   directory = os.path.abspath(os.fspath(directory))
   for part in ('params', 'model_config'):
     if not os.path.isdir(os.path.join(directory, part)):
@@ -68,6 +80,9 @@ def load_model(directory: str | os.PathLike) -> tuple[dict, ModelConfig, dict[st
     raise ModelCheckpointError(f'{directory}: bad model configuration: {e}') from e
   except (ValueError, OSError, KeyError) as e:
     raise ModelCheckpointError(f'{directory}: cannot restore the checkpoint: {e}') from e
+  if head is not None and config.head != head:
+    raise ModelCheckpointError(f'{directory}: a model with the {config.head!r} head where a '
+                               f'{head!r} model is needed; {_HEAD_ADVICE[head]}')
   params = jax.tree.map(np.asarray, restored.params)
   metadata = dict(meta.metadata or {})
   check_params(params, config, directory)

@@ -5,7 +5,10 @@ and extra keys. Here every expected tensor must be present with the expected sha
 every tensor in the file must be used, except for what the caller allows:
 - a pre-trained encoder checkpoint has no BP head: the head is initialised fresh;
 - it carries the pre-training decoder (`model_head.decoder_pred.*`): skipped.
-Both are stated in the report. Anything else fails with the keys named.
+Both are stated in the report. Anything else fails with the keys named. A
+ModelConfig with head 'reconstruction' maps the decoder instead of the BP head (a
+pre-trained model, nothing skipped). `export_state_dict` is the inverse, in the layout
+the original code saved each model in (`layout_of`).
 """
 
 from __future__ import annotations
@@ -56,7 +59,8 @@ def _patch_kernel(w):  # Conv2d kernel (D, 1, 1, 64) -> Dense kernel (64, D)
 
 
 def tensor_mappings(config: ModelConfig) -> list[TensorMapping]:
-  """Every tensor of the fine-tuned BP model's state dict (without prefix), in order."""
+  """Every tensor of the model's state dict (without prefix), in order: the fine-tuned
+  BP model's, or with config.head 'reconstruction' the pre-trained model's."""
   d, h = config.embed_dim, config.mlp_dim
   enc = ('encoder',)
   maps = [
@@ -90,7 +94,10 @@ def tensor_mappings(config: ModelConfig) -> list[TensorMapping]:
     maps += linear(f'{t}.mlp.fc1', f + ('mlp', 'fc1'), h, d)
     maps += linear(f'{t}.mlp.fc2', f + ('mlp', 'fc2'), d, h)
   maps += norm('model.norm', enc + ('norm',))
-  maps += linear('model_head.mlp.0.fc', ('head',), 2, d)
+  if config.head == 'reconstruction':
+    maps += linear('model_head.decoder_pred', ('decoder_pred',), config.patch_size, d)
+  else:
+    maps += linear('model_head.mlp.0.fc', ('head',), 2, d)
   return maps
 
 
@@ -152,7 +159,7 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], config: ModelConfig, *
                        source: str = '<state dict>', source_format: str = 'state-dict',
                        rng: jax.Array | None = None, allow_missing=(),
                        allow_unexpected=()) -> tuple[dict, ConversionReport]:
-  """Maps a PyTorch CEReBrO state dict onto `CerebroBP(config)` parameters.
+  """Maps a PyTorch CEReBrO state dict onto `model.module_for(config)` parameters.
 
   Args:
     state_dict: tensor name -> numpy array, with any common prefix.
@@ -175,12 +182,13 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], config: ModelConfig, *
   expected = {m.torch_key for m in mappings}
 
   absent = [m.torch_key for m in mappings if m.torch_key not in unprefixed]
-  encoder_only = set(HEAD_KEYS) <= set(absent)
+  bp = config.head == 'bp'
+  encoder_only = bp and set(HEAD_KEYS) <= set(absent)
   allowed_absent = [k for k in absent
                     if (encoder_only and k in HEAD_KEYS) or _matches(k, allow_missing)]
   extra = sorted(k for k in unprefixed if k not in expected)
   allowed_extra = [k for k in extra
-                   if k in PRETRAINING_DECODER_KEYS or _matches(k, allow_unexpected)]
+                   if (bp and k in PRETRAINING_DECODER_KEYS) or _matches(k, allow_unexpected)]
 
   flat = traverse_util.flatten_dict(
       model_lib.init_params(config, jax.random.PRNGKey(0) if rng is None else rng))
@@ -212,11 +220,31 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], config: ModelConfig, *
   return traverse_util.unflatten_dict(flat), report
 
 
-def export_state_dict(params, config: ModelConfig, prefix: str = 'module.') -> dict:
-  """Float `params` of CerebroBP(config) -> the original's fine-tuned BP state dict
-  (tensor name -> float32 numpy array in PyTorch's layout), every name with `prefix`
-  ('module.': nn.DataParallel's, as the original's fine-tuned files). The inverse of
-  convert_state_dict."""
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """How the original code saved a model: the file's top-level entry and key prefix."""
+  entry: str
+  prefix: str
+  name: str
+
+
+FINE_TUNED = Layout('model_state_dict', 'module.', 'the fine-tuned layout (module.model.*, '
+                    'module.model_head.*)')
+LIGHTNING = Layout('state_dict', '', 'the Lightning pre-training layout (model.*, '
+                   'model_head.decoder_pred.*)')
+
+
+def layout_of(config: ModelConfig) -> Layout:
+  """The fine-tuned BP model's layout (nn.DataParallel names), or a pre-trained model's
+  (PyTorch Lightning's)."""
+  return LIGHTNING if config.head == 'reconstruction' else FINE_TUNED
+
+
+def export_state_dict(params, config: ModelConfig, prefix: str | None = None) -> dict:
+  """Float `params` of module_for(config) -> the original's state dict (tensor name ->
+  float32 numpy array in PyTorch's layout), every name with `prefix` (default:
+  layout_of(config).prefix). The inverse of convert_state_dict."""
+  prefix = layout_of(config).prefix if prefix is None else prefix
   flat = traverse_util.flatten_dict(params)
   state = {}
   for m in tensor_mappings(config):

@@ -7,7 +7,8 @@ it gives the channel-major order of the original model (token n = c * P + p).
 Parameter tree (names mirror the PyTorch state dict, see convert.py):
   encoder/{mask_token, pad_token, channel_encoding, patch_encoding, patch_embed,
            blocks_{i}/{norm1, attn/{qkv, proj}, norm2, mlp/{fc1, fc2}}, norm}
-  head
+  head             (CerebroBP, config.head == 'bp')
+  decoder_pred     (CerebroPretrain, config.head == 'reconstruction')
 """
 
 from __future__ import annotations
@@ -160,12 +161,18 @@ class Encoder(nn.Module):
 
   channel_mask: None (all channels real) or bool (B, C), False for padded channels,
   whose tokens become the learned pad token and are never attended to.
+  token_mask: None, or bool (B, C, P) for masked-patch pre-training: True tokens are
+  replaced by the learned mask token. The two original code paths order the steps
+  differently, and each is reproduced: the fine-tuned model adds the channel and patch
+  encodings and then puts the pad token on padded channels; pre-training puts the pad
+  token, then the mask token, then adds the encodings to every token.
   """
 
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, channel_mask: jax.Array | None = None, *,
+  def __call__(self, x: jax.Array, channel_mask: jax.Array | None = None,
+               token_mask: jax.Array | None = None, *,
                deterministic: bool = True) -> jax.Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
@@ -179,8 +186,8 @@ class Encoder(nn.Module):
 
     half = cfg.embed_dim // 2
     param = lambda name, shape: self.param(name, _truncated_normal_002, shape, jnp.float32)
-    # Declared in the original's order; the mask token serves masked pre-training only.
-    param('mask_token', (1, 1, cfg.embed_dim))
+    # Declared in the original's order.
+    mask_token = param('mask_token', (1, 1, cfg.embed_dim))
     pad_token = param('pad_token', (1, 1, cfg.embed_dim))
     channel_table = param('channel_encoding', (1, cfg.max_channels, half))
     patch_table = param('patch_encoding', (1, cfg.max_patches, half))
@@ -191,17 +198,23 @@ class Encoder(nn.Module):
     encoding = jnp.concatenate([
         jnp.broadcast_to(channel_table[0, :channels, None, :], (channels, patches, half)),
         jnp.broadcast_to(patch_table[0, None, :patches, :], (channels, patches, half)),
-    ], axis=-1)
-    tokens = tokens + encoding.astype(dtype)
+    ], axis=-1).astype(dtype)
+    padded = None if channel_mask is None else ~jnp.asarray(channel_mask, bool)[:, :, None, None]
+    put = lambda where, token, t: jnp.where(where, token[0, 0].astype(dtype), t)
+    if token_mask is None:
+      tokens = tokens + encoding
+      if padded is not None:
+        tokens = put(padded, pad_token, tokens)
+    else:
+      if padded is not None:
+        tokens = put(padded, pad_token, tokens)
+      tokens = put(jnp.asarray(token_mask, bool)[..., None], mask_token, tokens) + encoding
     if channel_mask is None:
       channel_mask = jnp.ones((batch, channels), bool)
-    else:
-      channel_mask = jnp.asarray(channel_mask, bool)
-      tokens = jnp.where(channel_mask[:, :, None, None], tokens, pad_token[0, 0].astype(dtype))
 
     for i in range(cfg.depth):
       tokens = Block(cfg, i, block_mode(cfg, i), name=f'blocks_{i}')(
-          tokens, channel_mask, deterministic)
+          tokens, jnp.asarray(channel_mask, bool), deterministic)
     return _layer_norm('norm', dtype)(tokens)
 
 
@@ -216,7 +229,8 @@ class CerebroBP(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, channel_mask: jax.Array | None = None, *,
                deterministic: bool = True) -> jax.Array:
-    tokens = Encoder(self.config, name='encoder')(x, channel_mask, deterministic=deterministic)
+    tokens = Encoder(self.config, name='encoder')(x, channel_mask,
+                                                  deterministic=deterministic)
     pooled = tokens.astype(jnp.float32).mean(axis=(1, 2))  # mean over all C*P tokens
     head = nn.Dense(2, name='head', dtype=jnp.dtype(self.config.dtype),
                     param_dtype=jnp.float32, kernel_init=_truncated_normal_002,
@@ -224,9 +238,33 @@ class CerebroBP(nn.Module):
     return _gelu(head(pooled)).astype(jnp.float32)
 
 
+class CerebroPretrain(nn.Module):
+  """CEReBrO with the masked-patch pre-training decoder (config.head == 'reconstruction').
+
+  (B, C, T) signals, channel_mask (B, C) or None, token_mask (B, C, P) bool (True =
+  masked) -> (B, C, P, patch_size) float32: every token's reconstruction of its patch's
+  samples, through one linear layer `decoder_pred` (D -> patch_size).
+  """
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, channel_mask: jax.Array | None, token_mask: jax.Array, *,
+               deterministic: bool = True) -> jax.Array:
+    tokens = Encoder(self.config, name='encoder')(x, channel_mask, token_mask,
+                                                  deterministic=deterministic)
+    decoder = _dense(self.config.patch_size, 'decoder_pred', jnp.dtype(self.config.dtype))
+    return decoder(tokens).astype(jnp.float32)
+
+
+def module_for(config: ModelConfig) -> nn.Module:
+  """CerebroBP or CerebroPretrain, per config.head."""
+  return (CerebroPretrain if config.head == 'reconstruction' else CerebroBP)(config)
+
+
 def init_params(config: ModelConfig, rng: jax.Array, channels: int = 2,
                 samples: int = 1250) -> dict:
-  """Freshly initialised parameters of `CerebroBP(config)` (a plain nested dict)."""
+  """Freshly initialised parameters of `module_for(config)` (a plain nested dict)."""
   return _jitted_init(config, channels, samples)(rng)
 
 
@@ -235,6 +273,9 @@ def _jitted_init(config: ModelConfig, channels: int, samples: int):
   """One compiled initialiser per architecture: twice as fast as running the model's
   initialisation op by op, and free from the second call on."""
   dummy = np.zeros((1, channels, samples), np.float32)  # numpy: safe under any trace
+  if config.head == 'reconstruction':
+    patches = np.zeros((1, channels, samples // config.patch_size), bool)
+    return jax.jit(lambda rng: CerebroPretrain(config).init(rng, dummy, None, patches)['params'])
   return jax.jit(lambda rng: CerebroBP(config).init(rng, dummy)['params'])
 
 

@@ -19,6 +19,9 @@ SIZES: dict[str, dict[str, int]] = {
 }
 
 ATTENTION_TYPES = ('alternating', 'full')
+# 'bp': the blood-pressure head (the fine-tuned model); 'reconstruction': the masked-patch
+# pre-training decoder (the pre-trained model, see pretrain.py).
+HEADS = ('bp', 'reconstruction')
 DTYPES = ('float32', 'bfloat16')
 
 
@@ -28,7 +31,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Hyper-parameters of a CEReBrO encoder with its blood-pressure head.
+  """Hyper-parameters of a CEReBrO encoder with its head (BP or pre-training decoder).
 
   Attributes:
     size: 'small', 'base', 'large' or 'custom' (informational; the numbers rule).
@@ -43,6 +46,8 @@ class ModelConfig:
       time) or 'full' (every block over all C*P tokens).
     drop_path_rate: stochastic-depth rate of every block during training.
     dtype: compute dtype; parameters always stay float32.
+    head: 'bp' (CerebroBP: [DBP, SBP] in mmHg) or 'reconstruction' (CerebroPretrain:
+      every patch's samples, the pre-training objective's decoder).
   """
 
   size: str = 'small'
@@ -56,6 +61,7 @@ class ModelConfig:
   attention_type: str = 'alternating'
   drop_path_rate: float = 0.2
   dtype: str = 'float32'
+  head: str = 'bp'
 
   def __post_init__(self):
     if self.embed_dim <= 0 or self.embed_dim % 2:
@@ -70,6 +76,8 @@ class ModelConfig:
           f'attention_type must be one of {ATTENTION_TYPES}, got {self.attention_type!r}')
     if self.dtype not in DTYPES:
       raise ConfigError(f'dtype must be one of {DTYPES}, got {self.dtype!r}')
+    if self.head not in HEADS:
+      raise ConfigError(f'head must be one of {HEADS}, got {self.head!r}')
     if not 0.0 <= self.drop_path_rate < 1.0:
       raise ConfigError(f'drop_path_rate must be in [0, 1), got {self.drop_path_rate}')
 

@@ -123,14 +123,15 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], str
   return arrays, fmt
 
 
-def write_state_dict(state: dict[str, np.ndarray], path: str | os.PathLike) -> None:
-  """Writes tensors (name -> numpy array) as the original's fine-tuned file: `.safetensors`
-  as they are, `.ckpt` as torch.save({'model_state_dict': ...}) (needs torch)."""
+def write_state_dict(state: dict[str, np.ndarray], path: str | os.PathLike,
+                     entry: str = 'model_state_dict') -> None:
+  """Writes tensors (name -> numpy array) as the original's files: `.safetensors` as they
+  are, `.ckpt` as torch.save({entry: ...}) (needs torch): 'model_state_dict' for a
+  fine-tuned model, 'state_dict' for a Lightning pre-trained one."""
   path = os.fspath(path)
   if path.endswith('.safetensors'):
     from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
     save_file(state, path)
     return
   torch = _import_torch()
-  torch.save({'model_state_dict': {k: torch.from_numpy(np.array(v)) for k, v in state.items()}},
-             path)
+  torch.save({entry: {k: torch.from_numpy(np.array(v)) for k, v in state.items()}}, path)

@@ -218,7 +218,7 @@ def quantize_checkpoint(checkpoint: str, output: str, *, weights: str = 'channel
   if (mode == 'static' or static) and not calibration_data:
     raise ValueError('static INT8 needs calibration windows: a prepared dataset '
                      '(--calibration_data, or --eval_data)')
-  params, model_config, metadata = checkpoints.load_model(checkpoint)
+  params, model_config, metadata = checkpoints.load_model(checkpoint, head='bp')
   if quantization.is_quantized(params):
     raise ValueError(f'{checkpoint} is already quantized')
   spec = QuantSpec(f'int8_{mode}', weights=weights, activations=activations, scheme=scheme,

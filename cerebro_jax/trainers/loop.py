@@ -1,0 +1,182 @@
+"""The epoch loop every training job shares: resume, steps, NaN guard, logs, checkpoints.
+
+A job (fine-tuning in train.py, masked-patch pre-training in pretrain.py) supplies its
+jitted step, its batches and its validation metric (lower is better); `fit` runs epochs
+with progress bars and TensorBoard scalars, checkpoints the train state after each epoch
+(orbax, <workdir>/checkpoints) and the best parameters by the validation metric
+(<workdir>/best, model directories), stops early after config.patience epochs without
+improvement, and resumes a stopped run from its last epoch so that it ends where a run
+that never stopped ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tensorflow as tf
+from tqdm import tqdm
+
+from cerebro_jax import distributed, sharding
+from cerebro_jax.models import checkpoints
+from cerebro_jax.models.model_config import ModelConfig
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss became NaN or Inf; the last good checkpoint is left as it was."""
+
+
+@dataclasses.dataclass
+class Job:
+  """What differs between training jobs.
+
+  Attributes:
+    model_config: the model trained (recorded in the best checkpoints).
+    train_step: jitted (state, global batch) -> (state, scalar loss).
+    batches: epoch (1-based) -> iterator of this process's host batches (numpy dicts).
+    steps_per_epoch: steps of each epoch.
+    validate: params -> validation metric (lower is better), run on every process.
+    metric: the metric's name in logs and records ('mse' -> 'best_val_mse').
+    describe: one line saying what is trained on what, logged at the start.
+  """
+
+  model_config: ModelConfig
+  train_step: Callable
+  batches: Callable[[int], Iterator[dict]]
+  steps_per_epoch: int
+  validate: Callable[[dict], float]
+  metric: str
+  describe: str
+
+
+def steps_per_epoch(train_size: int, config) -> int:
+  """Steps of config.batch_size per epoch over `train_size` windows, a whole number of
+  optimizer updates (config.grad_accum_steps steps each)."""
+  accum = config.grad_accum_steps
+  steps = train_size // config.batch_size // accum * accum
+  if steps == 0:
+    raise ValueError(f'the training split has {train_size} windows, fewer than one update '
+                     f'of {accum} x {config.batch_size}')
+  return steps
+
+
+def init_state(params, tx, seed: int) -> dict:
+  """The train state at step 0: {'step', 'params', 'opt_state', 'rng'} (host arrays)."""
+  return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params),
+          'rng': jax.random.PRNGKey(seed)}
+
+
+def make_step(loss_of: Callable, tx, mesh):
+  """Jitted (state, batch) -> (state, loss) of one optimizer step on
+  loss_of(params, batch, key), key = fold_in(state rng, step) (dropout, masks); the state
+  is donated and replicated, the batch split over `mesh`."""
+
+  def step(state, batch):
+    key = jax.random.fold_in(state['rng'], state['step'])
+    loss, grads = jax.value_and_grad(loss_of)(state['params'], batch, key)
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    return {'step': state['step'] + 1, 'params': optax.apply_updates(state['params'], updates),
+            'opt_state': opt_state, 'rng': state['rng']}, loss
+
+  replicated = sharding.replicated(mesh)
+  return jax.jit(step, in_shardings=(replicated, sharding.batch_sharded(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+def _managers(workdir: str):
+  options = lambda: ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+  latest = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
+                                 options=options())
+  best = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'best'), options=options())
+  return latest, best
+
+
+def write_scalars(writer, step: int, values: dict) -> None:
+  """TensorBoard scalars; writer is None on every process but process 0."""
+  if writer is None:
+    return
+  with writer.as_default():
+    for name, value in values.items():
+      tf.summary.scalar(name, value, step=step)
+  writer.flush()
+
+
+def fit(config, workdir: str, state: dict, job: Job, mesh,
+        on_epoch_end: Callable[[int, dict], None] | None = None) -> tuple[dict, dict, dict]:
+  """Runs the epochs of `job` from `state` (or from the workdir's last checkpoint).
+
+  Returns (meta, best params, final state): meta holds 'epoch', 'best_val_<metric>',
+  'best_epoch' and 'epochs_without_improvement'.
+  """
+  main = distributed.is_main()
+  best_key, val_key = f'best_val_{job.metric}', f'val_{job.metric}'
+  meta = {'epoch': 0, best_key: None, 'best_epoch': None, 'epochs_without_improvement': 0}
+  latest, best = _managers(workdir)
+  if latest.latest_step() is not None:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    restored = latest.restore(latest.latest_step(), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    state, meta = restored.state, restored.meta
+    for step in best.all_steps():  # saved by an epoch that died before its latest save
+      if step > meta['epoch']:
+        best.delete(step)
+    distributed.log(f'Resuming from {latest.directory} after epoch {meta["epoch"]}')
+
+  writer = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard')) if main else None
+  distributed.log(f'{job.describe}, {job.steps_per_epoch} steps of {config.batch_size} per '
+                  f'epoch, {jax.device_count()} {jax.devices()[0].platform} device(s) in '
+                  f'{jax.process_count()} process(es)')
+  while meta['epoch'] < config.num_epochs and meta['epochs_without_improvement'] < config.patience:
+    epoch = meta['epoch'] + 1
+    batches = job.batches(epoch)
+    losses, start = [], time.perf_counter()
+    bar = tqdm(range(job.steps_per_epoch), desc=f'epoch {epoch}/{config.num_epochs}',
+               unit='step', disable=not main)
+    for i in bar:
+      state, loss = job.train_step(state, sharding.put_batch(next(batches), mesh))
+      losses.append(loss)
+      if (i + 1) % config.log_every_steps == 0 or i + 1 == job.steps_per_epoch:
+        recent = float(jnp.mean(jnp.stack(losses[-config.log_every_steps:])))
+        if not np.isfinite(recent):
+          raise TrainingDivergedError(
+              f'the training loss became {recent} at step {int(state["step"])} (epoch '
+              f'{epoch}); the last good checkpoint (epoch {meta["epoch"]}) is in '
+              f'{latest.directory}. Lower config.learning_rate or set config.grad_clip_norm.')
+        rate = (i + 1) * config.batch_size / (time.perf_counter() - start)
+        bar.set_postfix(loss=f'{recent:.4g}', windows_per_s=f'{rate:.0f}')
+        write_scalars(writer, int(state['step']), {f'train/loss_{job.metric}': recent,
+                                                   'train/windows_per_s': rate})
+    train_loss = float(jnp.mean(jnp.stack(losses)))
+    val = job.validate(state['params'])
+    improved = meta[best_key] is None or val < meta[best_key]
+    meta = {'epoch': epoch,
+            best_key: val if improved else meta[best_key],
+            'best_epoch': epoch if improved else meta['best_epoch'],
+            'epochs_without_improvement': 0 if improved else meta['epochs_without_improvement'] + 1}
+    if improved:
+      best.save(epoch, args=checkpoints.model_args(state['params'], job.model_config,
+                                                   {'epoch': epoch, val_key: val}))
+    latest.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               meta=ocp.args.JsonSave(meta)))
+    latest.wait_until_finished()
+    best.wait_until_finished()
+    logs = {f'train_{job.metric}': train_loss, val_key: val, best_key: meta[best_key]}
+    write_scalars(writer, int(state['step']), {f'val/{job.metric}': val,
+                                               f'train/epoch_{job.metric}': train_loss})
+    distributed.log(f'epoch {epoch}: train {job.metric} {train_loss:.4g}, validation '
+                    f'{job.metric} {val:.4g}{" (best)" if improved else ""}')
+    if on_epoch_end:
+      on_epoch_end(epoch, logs)
+  if meta['epochs_without_improvement'] >= config.patience:
+    distributed.log(f'Early stopping: no improvement for {config.patience} epochs')
+  params, _, _ = checkpoints.load_model(os.path.join(best.directory, str(best.latest_step())))
+  distributed.log(f'Best validation {job.metric} {meta[best_key]:.4g} at epoch '
+                  f'{meta["best_epoch"]}')
+  return meta, params, state
