@@ -22,6 +22,7 @@ from ml_collections import config_flags
 
 from cerebro_jax import cli, datasets, distributed
 from cerebro_jax.evaluators import evaluation, report
+from cerebro_jax.models import checkpoints
 from cerebro_jax.trainers import pretrain, train
 from input_pipeline import pipeline, records
 
@@ -60,7 +61,8 @@ def main(argv):
     else:
       reports = evaluation.evaluate(_CONFIG.value, _WORKDIR.value, _MODEL.value)
   except (datasets.ProtocolMismatchError, pipeline.DatasetNotFoundError,
-          distributed.ProcessFlagsError, records.RecordError) as e:
+          distributed.ProcessFlagsError, records.RecordError,
+          checkpoints.ModelCheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   distributed.log(report.markdown_table(reports))

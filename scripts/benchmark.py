@@ -18,6 +18,8 @@
   train  For each size: train step time and windows/s at --batch (Adam, drop path 0.2,
          --dtype), the step's FLOPs from XLA's cost analysis, and model FLOPs
          utilisation against this machine's measured peak (a 4096^2 matmul in --dtype).
+  pretrain  The same figures for the masked-patch pre-training step (configs/pretrain.py's
+         AdamW, mask ratio and loss) on --channels x 1250-sample windows.
   roofline  An estimate: for each size in float32 and bfloat16, the train step's FLOPs and
          bytes accessed per window at --batch from XLA's cost analysis, their ratio, and
          the step time and bound (compute or memory) a roofline gives on an H100 and a
@@ -54,8 +56,9 @@ from cerebro_jax import cli, sharding
 from cerebro_jax.models import checkpoints, convert, model as model_lib
 from cerebro_jax.models.model_config import ATTENTION_TYPES, SIZES, ModelConfig
 from cerebro_jax.quant import calibration, litert, ptq, quantization
-from cerebro_jax.trainers import loop, optim, train
+from cerebro_jax.trainers import loop, masked_patches, optim, pretrain, train
 from configs import default
+from configs import pretrain as pretrain_configs
 from input_pipeline import (mimic3, pipeline, prepare, pulsedb_plan, pulsedb_writer, synthetic,
                             tfds_builders)
 
@@ -288,12 +291,29 @@ def _train_step(size: str, dtype: str, mesh, batch_size: int):
   return train.make_train_step(model_config, tx, mesh), state, batch
 
 
-def bench_train():
+def _pretrain_step(size: str, dtype: str, mesh, batch_size: int):
+  """(jitted pre-training step, state, batch) as configs/pretrain.py runs it (AdamW,
+  mask ratio and loss of the config) on random windows of --channels x 1250 samples."""
+  rng = np.random.default_rng(0)
+  config = pretrain_configs.get_config()
+  model_config = ModelConfig.from_size(size, dtype=dtype, head='reconstruction')
+  params = model_lib.init_params(model_config, jax.random.PRNGKey(0), _CHANNELS.value)
+  tx, _ = optim.make_optimizer(config, params)
+  state = jax.device_put(loop.init_state(params, tx, 0), sharding.replicated(mesh))
+  batch = sharding.put_batch({
+      'signals': rng.random((batch_size, _CHANNELS.value, SAMPLES), dtype=np.float32),
+      'channel_mask': np.ones((batch_size, _CHANNELS.value), bool)}, mesh)
+  objective = masked_patches.Objective(**config.pretrain.to_dict())
+  return pretrain.make_pretrain_step(model_config, objective, tx, mesh), state, batch
+
+
+def _bench_steps(make_step, compare_torch: bool):
+  """Per size: step time, windows/s, XLA's FLOPs per step and MFU of `make_step`'s step."""
   peak = matmul_peak_flops(jnp.dtype(_DTYPE.value))
   mesh = sharding.data_mesh()
   rows = []
   for size in _SIZES.value:
-    step, state, batch = _train_step(size, _DTYPE.value, mesh, _BATCH.value)
+    step, state, batch = make_step(size, _DTYPE.value, mesh, _BATCH.value)
     flops = step.lower(state, batch).compile().cost_analysis()['flops']
     state, _ = step(state, batch)  # compile
     jax.block_until_ready(state)
@@ -307,13 +327,21 @@ def bench_train():
     row = {'size': size, 'step_ms': seconds * 1e3, 'windows_per_s': _BATCH.value / seconds,
            'step_gflop': flops / 1e9, 'achieved_gflops': flops / seconds / 1e9,
            'peak_matmul_gflops': peak / 1e9, 'mfu_pct': 100 * flops / seconds / peak}
-    if _COMPARE_TORCH.value:
+    if compare_torch:
       torch, module, _ = _require_torch_reference(ModelConfig.from_size(size))
       torch_seconds = _torch_train_seconds(torch, module, jax.device_get(batch))
       row.update({'torch_windows_per_s': _BATCH.value / torch_seconds,
                   'speedup_vs_torch': torch_seconds / seconds})
     rows.append(row)
   return rows
+
+
+def bench_train():
+  return _bench_steps(_train_step, _COMPARE_TORCH.value)
+
+
+def bench_pretrain():
+  return _bench_steps(_pretrain_step, compare_torch=False)
 
 
 # Published dense peaks, from the vendors' data sheets: matmul FLOP/s by compute dtype and
@@ -455,7 +483,7 @@ def print_table(rows):
 
 def main(argv):
   benchmarks = {'model': bench_model, 'data': bench_data, 'quant': bench_quant,
-                'train': bench_train, 'pulsedb': bench_pulsedb, 'roofline': bench_roofline}
+                'train': bench_train, 'pretrain': bench_pretrain, 'pulsedb': bench_pulsedb, 'roofline': bench_roofline}
   if len(argv) != 2 or argv[1] not in benchmarks:
     raise SystemExit(f'usage: benchmark.py {{{",".join(benchmarks)}}} [--json] [flags]')
   rows = benchmarks[argv[1]]()

@@ -17,17 +17,12 @@ from absl import flags
 
 from cerebro_jax import cli
 from cerebro_jax.models import checkpoints, convert
-from cerebro_jax.models.model_config import SIZES, ModelConfig
 from cerebro_jax.models.torch_files import CheckpointReadError
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'PyTorch checkpoint: .ckpt or .safetensors.',
                                   required=True)
-_SIZE = flags.DEFINE_enum('size', None, sorted(SIZES), 'CEReBrO size the checkpoint holds.',
-                          required=True)
 _OUTPUT = flags.DEFINE_string('output', None, 'Model directory to create (orbax checkpoint).',
                               required=True)
-_DEPTH = flags.DEFINE_integer('depth', None, 'Override the number of blocks of --size '
-                              '(for truncated or custom models); default: the size\'s depth.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed for tensors initialised fresh (the BP head of '
                              'a pre-trained encoder).')
 _ALLOW_MISSING = flags.DEFINE_multi_string(
@@ -36,20 +31,19 @@ _ALLOW_MISSING = flags.DEFINE_multi_string(
 _ALLOW_UNEXPECTED = flags.DEFINE_multi_string(
     'allow_unexpected', [], 'fnmatch pattern of unprefixed keys that may be present and are '
     'ignored (repeatable).')
-_HEAD = flags.DEFINE_enum('head', 'bp', ['bp', 'reconstruction'],
-                          'bp: a BP model directory (a pre-trained file gets a fresh head); '
-                          'reconstruction: a pre-trained model directory with the file\'s '
-                          'pre-training decoder (model_head.decoder_pred.*).')
+_MODEL_CONFIG = cli.define_model_flags(
+    None, 'CEReBrO size the checkpoint holds.', 'bp',
+    'bp: a BP model directory (a pre-trained file gets a fresh head); reconstruction: a '
+    'pre-trained model directory with the file\'s pre-training decoder '
+    '(model_head.decoder_pred.*).')
+flags.adopt_module_key_flags(cli)
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace --output if it exists.')
 
 
 def main(argv):
   del argv
   import jax  # pylint: disable=import-outside-toplevel
-  overrides = {'head': _HEAD.value}
-  if _DEPTH.value is not None:
-    overrides['depth'] = _DEPTH.value
-  config = ModelConfig.from_size(_SIZE.value, **overrides)
+  config = _MODEL_CONFIG()
   try:
     params, report = convert.convert_checkpoint(
         _CHECKPOINT.value, config, rng=jax.random.PRNGKey(_SEED.value),

@@ -1,5 +1,7 @@
 """Run with XLA_FLAGS=--xla_force_host_platform_device_count=4 (tests/test_train.py does):
-three train steps on a 4-device data-parallel mesh equal the same steps on one device.
+three train steps on a 4-device data-parallel mesh equal the same steps on one device,
+for fine-tuning and for masked-patch pre-training (whose token masks are drawn on the
+sharded batch).
 
 Plain SGD, not Adam: the key bias's gradient is zero in exact arithmetic (softmax ignores
 a constant added to every key), and Adam's first steps scale that round-off to +-lr,
@@ -13,21 +15,29 @@ import optax
 from cerebro_jax import sharding
 from cerebro_jax.models import model as model_lib
 from cerebro_jax.models.model_config import ModelConfig
-from cerebro_jax.trainers import loop, train
+from cerebro_jax.trainers import loop, masked_patches, pretrain, train
 
 
-def run(mesh, steps=3):
-  model_config = ModelConfig(embed_dim=48, depth=2, num_heads=4, drop_path_rate=0.2)
-  params = model_lib.init_params(model_config, jax.random.PRNGKey(0))
-  tx = optax.sgd(1e-4)
+def run(mesh, head: str, steps=3):
+  model_config = ModelConfig(embed_dim=48, depth=2, num_heads=4, drop_path_rate=0.2,
+                             head=head)
+  params = model_lib.init_params(model_config, jax.random.PRNGKey(0), channels=3)
+  tx = optax.sgd(1e-4 if head == 'bp' else 1e-2)
   state = jax.device_put(loop.init_state(params, tx, 1), sharding.replicated(mesh))
-  step = train.make_train_step(model_config, tx, mesh)
+  if head == 'bp':
+    step = train.make_train_step(model_config, tx, mesh)
+  else:
+    step = pretrain.make_pretrain_step(model_config, masked_patches.Objective(), tx, mesh)
   rng = np.random.default_rng(0)
   losses = []
   for _ in range(steps):
-    batch = {'signals': rng.random((8, 2, 1250), dtype=np.float32),
-             'sbp': rng.uniform(100, 160, 8).astype(np.float32),
-             'dbp': rng.uniform(60, 90, 8).astype(np.float32)}
+    if head == 'bp':
+      batch = {'signals': rng.random((8, 2, 1250), dtype=np.float32),
+               'sbp': rng.uniform(100, 160, 8).astype(np.float32),
+               'dbp': rng.uniform(60, 90, 8).astype(np.float32)}
+    else:  # three channels, the third padded in half of the windows
+      batch = {'signals': rng.random((8, 3, 1250), dtype=np.float32),
+               'channel_mask': np.array([[True, True, i % 2 == 0] for i in range(8)])}
     state, loss = step(state, sharding.put_batch(batch, mesh))
     losses.append(float(loss))
   return jax.device_get(state['params']), losses
@@ -37,14 +47,17 @@ def main():
   assert jax.device_count() == 4, jax.devices()
   four = sharding.data_mesh()
   one = jax.make_mesh((1,), (sharding.DATA_AXIS,), devices=jax.devices()[:1])
-  params4, losses4 = run(four)
-  params1, losses1 = run(one)
-  np.testing.assert_allclose(losses4, losses1, rtol=1e-6)
-  assert losses1[0] != losses1[-1]  # the steps really moved the parameters
-  diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), params4, params1))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-               params4, params1)
-  print(f'devices={jax.device_count()} losses={losses4} max_param_diff={max(diffs):.3g}')
+  for head in ('bp', 'reconstruction'):
+    params4, losses4 = run(four, head)
+    params1, losses1 = run(one, head)
+    np.testing.assert_allclose(losses4, losses1, rtol=1e-6)
+    assert losses1[0] != losses1[-1]  # the steps really moved the parameters
+    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), params4,
+                                         params1))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 params4, params1)
+    print(f'{head}: devices={jax.device_count()} losses={losses4} '
+          f'max_param_diff={max(diffs):.3g}')
 
 
 if __name__ == '__main__':

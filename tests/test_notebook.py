@@ -29,7 +29,9 @@ def _run(tmp_path, overrides: str) -> tuple[str, int]:
 
 
 def test_notebook_runs_clean(tmp_path):
-  text, images = _run(tmp_path, '')
+  text, images = _run(tmp_path, 'PRETRAIN = True\nPRETRAIN_EPOCHS = 1\n')
+  assert '| validation | mean_patch |' in text  # the pre-training cell's table
+  assert (tmp_path / 'run' / 'pretrain' / 'model').is_dir()
   assert 'windows_kept' in text and '| test | SBP |' in text
   assert 'int8_dynamic - float32' in text and '| quality |' in text
   assert '| dynamic (paper) |' in text and '| pytorch, 8-bit, per window |' in text

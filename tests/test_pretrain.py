@@ -245,3 +245,28 @@ def test_export_weights_writes_the_lightning_checkpoint(pretrained, tmp_path):
   original, _, _ = checkpoints.load_model(pretrained[0] / 'model')
   back, _, _ = checkpoints.load_model(converted)
   jax.tree.map(np.testing.assert_array_equal, original, back)
+
+
+def test_main_pretrains_and_refuses_a_pretrained_model_as_a_bp_model(tmp_path):
+  """The same main runs configs/pretrain.py; evaluating its model (or one of
+  scripts/init_model.py) as a BP model is refused with the reason, not a traceback."""
+  workdir = tmp_path / 'w'
+  tiny = ['--config.model.depth=1', '--config.data.num_subjects=4',
+          '--config.data.minutes_per_subject=0.5', '--config.batch_size=4',
+          '--config.eval_batch_size=8']
+  run = lambda *args: subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True,
+                                     text=True, timeout=300, check=False)
+  result = run('-m', 'cerebro_jax.main', '--config=configs/pretrain.py', f'--workdir={workdir}',
+               '--config.num_epochs=1', *tiny)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert '| validation | mean_patch |' in result.stderr + result.stdout
+  assert f'--config.init_from={workdir}/model' in result.stderr + result.stdout
+  random_dir = tmp_path / 'random'
+  result = run('scripts/init_model.py', '--depth=1', f'--output={random_dir}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert checkpoints.load_model(random_dir, head='reconstruction')[1].depth == 1
+  for model_dir in (workdir / 'model', random_dir):
+    result = run('-m', 'cerebro_jax.main', '--config=configs/default.py', f'--workdir={workdir}',
+                 '--mode=evaluate', f'--model={model_dir}', *tiny)
+    assert result.returncode == 1 and 'fine-tune it first' in result.stderr
+    assert 'Traceback' not in result.stderr
