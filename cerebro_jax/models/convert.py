@@ -159,7 +159,8 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], config: ModelConfig, *
                        source: str = '<state dict>', source_format: str = 'state-dict',
                        rng: jax.Array | None = None, allow_missing=(),
                        allow_unexpected=()) -> tuple[dict, ConversionReport]:
-  """Maps a PyTorch CEReBrO state dict onto `model.module_for(config)` parameters.
+  """Maps a PyTorch CEReBrO state dict onto the parameters of `config`'s model
+  (CerebroBP, or CerebroPretrain for head 'reconstruction').
 
   Args:
     state_dict: tensor name -> numpy array, with any common prefix.
@@ -241,7 +242,7 @@ def layout_of(config: ModelConfig) -> Layout:
 
 
 def export_state_dict(params, config: ModelConfig, prefix: str | None = None) -> dict:
-  """Float `params` of module_for(config) -> the original's state dict (tensor name ->
+  """Float `params` of `config`'s model -> the original's state dict (tensor name ->
   float32 numpy array in PyTorch's layout), every name with `prefix` (default:
   layout_of(config).prefix). The inverse of convert_state_dict."""
   prefix = layout_of(config).prefix if prefix is None else prefix

@@ -257,14 +257,10 @@ class CerebroPretrain(nn.Module):
     return decoder(tokens).astype(jnp.float32)
 
 
-def module_for(config: ModelConfig) -> nn.Module:
-  """CerebroBP or CerebroPretrain, per config.head."""
-  return (CerebroPretrain if config.head == 'reconstruction' else CerebroBP)(config)
-
-
 def init_params(config: ModelConfig, rng: jax.Array, channels: int = 2,
                 samples: int = 1250) -> dict:
-  """Freshly initialised parameters of `module_for(config)` (a plain nested dict)."""
+  """Freshly initialised parameters (a plain nested dict) of CerebroBP(config), or of
+  CerebroPretrain(config) when config.head is 'reconstruction'."""
   return _jitted_init(config, channels, samples)(rng)
 
 

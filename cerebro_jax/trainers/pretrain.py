@@ -41,6 +41,9 @@ def initial_params(config, channels: int, samples: int):
   """(params, ModelConfig) of the pre-training model at step 0: fresh, or config.init_from
   (a pre-trained directory as it is; a BP model's encoder with a fresh decoder)."""
   if config.init_from:
+    if config.train_mode == 'scratch':
+      raise ValueError('train_mode "scratch" ignores weights: leave init_from empty, or set '
+                       'train_mode "unfrozen" to pre-train further from init_from')
     params, loaded, _ = checkpoints.load_model(config.init_from)
     model_config = train.model_config_from(config, dataclasses.replace(loaded,
                                                                        head='reconstruction'))

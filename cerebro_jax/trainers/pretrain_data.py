@@ -15,6 +15,7 @@ objective ignores.
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterator
 
 import jax
@@ -92,7 +93,7 @@ class RecordingWindows:
     signals, mask = self.splits['train']
     per_shard = batch_size // num_shards
     rows = slice(shards[0] * per_shard, (shards[-1] + 1) * per_shard)
-    for repeat in range(2**31):
+    for repeat in itertools.count():
       order = np.random.default_rng([seed, repeat]).permutation(len(signals))
       for start in range(0, len(order) - batch_size + 1, batch_size):
         chosen = order[start:start + batch_size][rows]
