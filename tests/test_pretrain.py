@@ -129,22 +129,20 @@ def synthetic_recordings(directory) -> str:
   return str(directory)
 
 
-@pytest.fixture(scope='module')
-def pretrained(tmp_path_factory):
-  """A tiny pre-training from raw recordings: 2.56-s windows (5 patches per channel),
-  24 epochs of 15 steps at a constant learning rate (35 s on 2 cores)."""
+def test_tiny_pretraining_beats_the_baselines_and_fine_tunes_frozen(tmp_path_factory, tmp_path,
+                                                                    tiny_dataset):
+  """A tiny pre-training from raw recordings: 2.56-s windows (5 patches per channel), 18
+  epochs of 15 steps at a constant learning rate (25 s on 2 cores); then frozen
+  fine-tuning from it: the decoder is dropped, a BP head added, and only the patch
+  embedding and the head train, so every other encoder parameter stays pre-trained."""
   records = synthetic_recordings(tmp_path_factory.mktemp('records'))
-  config = tiny_pretrain_config(num_epochs=24, patience=24, batch_size=16, eval_batch_size=64,
+  config = tiny_pretrain_config(num_epochs=18, patience=18, batch_size=16, eval_batch_size=64,
                                 schedule='constant', learning_rate=1e-3, weight_decay=0.0,
                                 log_every_steps=15)
   config.model.drop_path_rate = 0.0
   config.data.recordings, config.data.window_seconds = records, 2.56
-  workdir = tmp_path_factory.mktemp('pretrain') / 'run'
-  return workdir, pretrain.pretrain_and_evaluate(config, str(workdir))
-
-
-def test_tiny_pretraining_beats_the_trivial_baselines(pretrained):
-  workdir, results = pretrained
+  workdir = tmp_path / 'pretrain'
+  results = pretrain.pretrain_and_evaluate(config, str(workdir))
   held_out = results['validation']
   assert held_out['model']['loss'] < 0.95 * held_out['mean_patch']['loss']
   assert held_out['model']['loss'] < 0.5 * held_out['zeros']['loss']
@@ -158,16 +156,33 @@ def test_tiny_pretraining_beats_the_trivial_baselines(pretrained):
   with pytest.raises(checkpoints.ModelCheckpointError, match='fine-tune it first'):
     checkpoints.load_model(workdir / 'model', head='bp')
 
+  fine_tuning = tiny_config(train_mode='frozen', init_from=str(workdir / 'model'), num_epochs=1)
+  fine_tuning.data.dir = tiny_dataset
+  reports = train.train_and_evaluate(fine_tuning, str(tmp_path / 'ft'))
+  assert reports['test']['sbp']['n'] > 0
+  tuned, tuned_config, _ = checkpoints.load_model(tmp_path / 'ft' / 'model', head='bp')
+  assert tuned_config.head == 'bp' and set(tuned) == {'encoder', 'head'}
+  before = traverse_util.flatten_dict(params['encoder'], sep='/')
+  after = traverse_util.flatten_dict(tuned['encoder'], sep='/')
+  moved = sorted(k for k in before if not np.array_equal(before[k], after[k]))
+  assert moved == ['patch_embed/bias', 'patch_embed/kernel']
+
 
 class _Stop(Exception):
   pass
 
 
-def test_pretraining_resumes_to_the_same_parameters(tmp_path):
-  """On the synthetic cohort's prepared windows (labels unused): a run stopped after its
-  first epoch and restarted ends where an uninterrupted run ends."""
+def test_pretraining_resumes_to_the_same_parameters(tiny_dataset, tmp_path):
+  """On a prepared dataset's windows (labels unused): a run stopped after its first epoch
+  and restarted ends where an uninterrupted run ends."""
+
+  def config():
+    built = tiny_pretrain_config(num_epochs=2, patience=2)
+    built.data.dir = tiny_dataset
+    return built
+
   uninterrupted = tmp_path / 'a'
-  results = pretrain.pretrain_and_evaluate(tiny_pretrain_config(), str(uninterrupted))
+  results = pretrain.pretrain_and_evaluate(config(), str(uninterrupted))
   assert set(results) == {'validation', 'test'}
   assert set(results['test']) == {'model', 'zeros', 'mean_patch'}
 
@@ -178,31 +193,13 @@ def test_pretraining_resumes_to_the_same_parameters(tmp_path):
 
   stopped = tmp_path / 'b'
   with pytest.raises(_Stop):
-    pretrain.pretrain_and_evaluate(tiny_pretrain_config(), str(stopped), stop_after_first)
+    pretrain.pretrain_and_evaluate(config(), str(stopped), stop_after_first)
   assert not (stopped / 'model').exists()
-  pretrain.pretrain_and_evaluate(tiny_pretrain_config(), str(stopped))
+  pretrain.pretrain_and_evaluate(config(), str(stopped))
   params_a, _, meta_a = checkpoints.load_model(uninterrupted / 'model')
   params_b, _, meta_b = checkpoints.load_model(stopped / 'model')
   jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
-  for meta in (meta_a, meta_b):  # the dataset's path names the workdir
-    assert meta['input'].pop('dataset').endswith('(22 training windows)')
-  assert meta_a == meta_b
-
-
-def test_frozen_fine_tuning_from_a_pretrained_model(pretrained, tmp_path):
-  """The decoder is dropped, a BP head added; frozen mode trains only the patch embedding
-  and the head, so every other encoder parameter stays the pre-trained one."""
-  pre_params, _, _ = checkpoints.load_model(pretrained[0] / 'model')
-  config = tiny_config(train_mode='frozen', init_from=str(pretrained[0] / 'model'),
-                       num_epochs=1)
-  reports = train.train_and_evaluate(config, str(tmp_path / 'ft'))
-  assert reports['test']['sbp']['n'] > 0
-  params, model_config, _ = checkpoints.load_model(tmp_path / 'ft' / 'model', head='bp')
-  assert model_config.head == 'bp' and set(params) == {'encoder', 'head'}
-  before = traverse_util.flatten_dict(pre_params['encoder'], sep='/')
-  after = traverse_util.flatten_dict(params['encoder'], sep='/')
-  moved = sorted(k for k in before if not np.array_equal(before[k], after[k]))
-  assert moved == ['patch_embed/bias', 'patch_embed/kernel']
+  assert meta_a == meta_b and tiny_dataset in meta_a['input']['dataset']
 
 
 @pytest.mark.parametrize('size,depth', [('small', None), ('base', 2), ('large', 1)])
@@ -225,48 +222,43 @@ def test_pretrained_export_to_the_lightning_layout_and_back(size, depth, tmp_pat
   assert report.skipped and report.is_encoder_only
 
 
-def test_export_weights_writes_the_lightning_checkpoint(pretrained, tmp_path):
+def test_init_model_then_export_weights_to_the_lightning_checkpoint_and_back(tmp_path):
   torch = pytest.importorskip('torch')
+  run = lambda *args: subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True,
+                                     text=True, timeout=300, check=False)
+  random_dir = tmp_path / 'random'
+  result = run('scripts/init_model.py', '--depth=2', f'--output={random_dir}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  original, config, _ = checkpoints.load_model(random_dir, head='reconstruction')
+  assert config.depth == 2
   out = tmp_path / 'pre.ckpt'
-  result = subprocess.run(
-      [sys.executable, 'scripts/export_weights.py', f'--checkpoint={pretrained[0] / "model"}',
-       f'--output={out}'], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-      check=False)
+  result = run('scripts/export_weights.py', f'--checkpoint={random_dir}', f'--output={out}')
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Lightning' in result.stdout
   state = torch.load(out, weights_only=True)['state_dict']
   assert 'model_head.decoder_pred.bias' in state and 'model.norm.weight' in state
   converted = tmp_path / 'converted'
-  result = subprocess.run(
-      [sys.executable, 'scripts/convert_weights.py', f'--checkpoint={out}', '--size=small',
-       '--depth=2', '--head=reconstruction', f'--output={converted}'], cwd=REPO_ROOT,
-      capture_output=True, text=True, timeout=300, check=False)
+  result = run('scripts/convert_weights.py', f'--checkpoint={out}', '--size=small', '--depth=2',
+               '--head=reconstruction', f'--output={converted}')
   assert result.returncode == 0, result.stderr[-3000:]
-  original, _, _ = checkpoints.load_model(pretrained[0] / 'model')
   back, _, _ = checkpoints.load_model(converted)
   jax.tree.map(np.testing.assert_array_equal, original, back)
 
 
-def test_main_pretrains_and_refuses_a_pretrained_model_as_a_bp_model(tmp_path):
-  """The same main runs configs/pretrain.py; evaluating its model (or one of
-  scripts/init_model.py) as a BP model is refused with the reason, not a traceback."""
+def test_main_pretrains_and_refuses_its_model_as_a_bp_model(tmp_path):
+  """The same main runs configs/pretrain.py; evaluating the pre-trained model as a BP
+  model is refused with the reason, not a traceback."""
   workdir = tmp_path / 'w'
   tiny = ['--config.model.depth=1', '--config.data.num_subjects=4',
           '--config.data.minutes_per_subject=0.5', '--config.batch_size=4',
           '--config.eval_batch_size=8']
-  run = lambda *args: subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True,
-                                     text=True, timeout=300, check=False)
-  result = run('-m', 'cerebro_jax.main', '--config=configs/pretrain.py', f'--workdir={workdir}',
-               '--config.num_epochs=1', *tiny)
+  run = lambda *args: subprocess.run([sys.executable, '-m', 'cerebro_jax.main', *args, *tiny],
+                                     cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                                     check=False)
+  result = run('--config=configs/pretrain.py', f'--workdir={workdir}', '--config.num_epochs=1')
   assert result.returncode == 0, result.stderr[-3000:]
   assert '| validation | mean_patch |' in result.stderr + result.stdout
   assert f'--config.init_from={workdir}/model' in result.stderr + result.stdout
-  random_dir = tmp_path / 'random'
-  result = run('scripts/init_model.py', '--depth=1', f'--output={random_dir}')
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert checkpoints.load_model(random_dir, head='reconstruction')[1].depth == 1
-  for model_dir in (workdir / 'model', random_dir):
-    result = run('-m', 'cerebro_jax.main', '--config=configs/default.py', f'--workdir={workdir}',
-                 '--mode=evaluate', f'--model={model_dir}', *tiny)
-    assert result.returncode == 1 and 'fine-tune it first' in result.stderr
-    assert 'Traceback' not in result.stderr
+  result = run('--config=configs/default.py', f'--workdir={workdir}', '--mode=evaluate')
+  assert result.returncode == 1 and 'fine-tune it first' in result.stderr
+  assert 'Traceback' not in result.stderr
