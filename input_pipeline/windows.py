@@ -34,7 +34,7 @@ import dataclasses
 from typing import Iterator
 
 import numpy as np
-from scipy import signal, stats
+from scipy import signal
 
 from input_pipeline import beats
 from input_pipeline.records import FS, Record
@@ -130,6 +130,16 @@ def max_lagged_correlation(a: np.ndarray, b: np.ndarray, max_lag: int) -> float:
   return float(r.max())
 
 
+def skewness(x: np.ndarray) -> float:
+  """Sample skewness m3 / m2^1.5 of a 1-D series (scipy.stats.skew's biased estimate;
+  NaN when constant), without scipy's per-call axis and NaN-policy handling, which cost
+  a third of the checks' time per window."""
+  centred = x - x.mean()
+  m2 = np.mean(centred * centred)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return float(np.mean(centred * centred * centred) / m2**1.5)
+
+
 def minmax_scale(x: np.ndarray) -> np.ndarray:
   """(..., T) -> float32, each series scaled to [0, 1] along its last axis (zeros where
   it is constant): the model's input scaling of ECG and PPG windows."""
@@ -177,7 +187,7 @@ def judge(raw: dict, filtered: dict, rules: QualityRules):
     return 'heart_rate', sbp, dbp
   if sbp <= dbp:
     return 'sbp_le_dbp', sbp, dbp
-  if stats.skew(filtered['ppg']) < rules.min_ppg_skewness:
+  if skewness(filtered['ppg']) < rules.min_ppg_skewness:
     return 'ppg_skewness', sbp, dbp
   lag = int(round(rules.max_lag_seconds * FS))
   if max_lagged_correlation(filtered['ppg'], filtered['abp'], lag) < rules.min_ppg_abp_correlation:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from input_pipeline import mimic3, prepare, splits, synthetic, vitaldb_files
-from input_pipeline.windows import WINDOW, max_lagged_correlation, windows_of
+from input_pipeline.windows import WINDOW, max_lagged_correlation, skewness, windows_of
 
 FS = 125
 
@@ -201,3 +201,11 @@ def test_lagged_correlation_equals_its_definition():
         _lagged_correlation_by_definition(a, b, 125), abs=1e-9)
   flat = np.full(1250, 2.0)
   assert max_lagged_correlation(flat, b, 125) == -1.0  # no variance, no correlation
+
+
+def test_skewness_is_scipys():
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(7)
+  for x in (rng.gamma(2.0, 1.0, 1250) - 2.0, -rng.gamma(3.0, 1.0, 1250), rng.normal(size=64)):
+    assert skewness(x) == pytest.approx(float(stats.skew(x)), rel=1e-12)
+  assert np.isnan(skewness(np.full(100, 0.5)))
