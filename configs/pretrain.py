@@ -8,7 +8,7 @@ r"""Masked-patch pre-training of CEReBrO (cerebro_jax/trainers/pretrain.py).
 
 Built on configs/default.py: the same data, model, batch and epoch fields apply. By
 default it pre-trains CEReBrO small on the synthetic cohort's training windows (labels
-unused) in about 10 minutes on 2 CPU cores; fine-tune the result with
+unused) in about 5 minutes on 2 CPU cores; fine-tune the result with
 --config.init_from=runs/pretrain/model. The argument 'published' switches to the later
 re-implementation's full published recipe (50 epochs, 3 warm-up, gradient accumulation
 x8), for real corpora.

@@ -262,3 +262,19 @@ def test_main_pretrains_and_refuses_its_model_as_a_bp_model(tmp_path):
   result = run('--config=configs/default.py', f'--workdir={workdir}', '--mode=evaluate')
   assert result.returncode == 1 and 'fine-tune it first' in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+def test_pretraining_can_start_from_a_bp_model(tmp_path):
+  """init_from a BP model: its encoder under a fresh decoder (its head dropped); with
+  train_mode 'scratch' the weights would be ignored, which is refused."""
+  bp_config = ModelConfig.from_size('small', depth=1)
+  bp_params = model_lib.init_params(bp_config, jax.random.PRNGKey(2))
+  model_dir = checkpoints.save_model(tmp_path / 'bp', bp_params, bp_config)
+  config = tiny_pretrain_config(init_from=model_dir, train_mode='unfrozen')
+  params, model_config = pretrain.initial_params(config, 3, 640)
+  assert model_config.head == 'reconstruction' and model_config.depth == 1
+  assert set(params) == {'encoder', 'decoder_pred'}
+  jax.tree.map(np.testing.assert_array_equal, params['encoder'],
+               jax.tree.map(np.asarray, bp_params['encoder']))
+  with pytest.raises(ValueError, match='ignores weights'):
+    pretrain.initial_params(tiny_pretrain_config(init_from=model_dir), 3, 640)

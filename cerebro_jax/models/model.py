@@ -264,6 +264,14 @@ def init_params(config: ModelConfig, rng: jax.Array, channels: int = 2,
   return _jitted_init(config, channels, samples)(rng)
 
 
+def with_fresh_head(params: dict, config: ModelConfig, rng: jax.Array, channels: int = 2,
+                    samples: int = 1250) -> dict:
+  """`params`' encoder under a freshly initialised head of `config` (the BP head, or the
+  pre-training decoder): how a model of one kind starts training as the other."""
+  fresh = init_params(config, rng, channels, samples)
+  return {**{k: v for k, v in fresh.items() if k != 'encoder'}, 'encoder': params['encoder']}
+
+
 @functools.lru_cache(maxsize=16)
 def _jitted_init(config: ModelConfig, channels: int, samples: int):
   """One compiled initialiser per architecture: twice as fast as running the model's

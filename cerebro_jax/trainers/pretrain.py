@@ -48,9 +48,8 @@ def initial_params(config, channels: int, samples: int):
     model_config = train.model_config_from(config, dataclasses.replace(loaded,
                                                                        head='reconstruction'))
     if loaded.head == 'bp':
-      fresh = model_lib.init_params(model_config, jax.random.PRNGKey(config.seed), channels,
-                                    samples)
-      params = {'encoder': params['encoder'], 'decoder_pred': fresh['decoder_pred']}
+      params = model_lib.with_fresh_head(params, model_config, jax.random.PRNGKey(config.seed),
+                                         channels, samples)
   else:
     model_config = dataclasses.replace(train.model_config_from(config), head='reconstruction')
     params = model_lib.init_params(model_config, jax.random.PRNGKey(config.seed), channels,

@@ -58,7 +58,7 @@ def initial_params(config, train_means: dict):
     params, loaded_config, _ = checkpoints.load_model(config.init_from)
     model_config = model_config_from(config, dataclasses.replace(loaded_config, head='bp'))
     if loaded_config.head == 'reconstruction':
-      params = _encoder_with_new_head(params, model_config, config.seed)
+      params = model_lib.with_fresh_head(params, model_config, jax.random.PRNGKey(config.seed))
       distributed.log(f'{config.init_from} is a pre-trained model: its pre-training decoder '
                       '(decoder_pred) is dropped and the BP head initialised fresh '
                       f'(seed {config.seed})')
@@ -77,12 +77,6 @@ def initial_params(config, train_means: dict):
     raise ValueError(f'head_bias_init must be train_mean, zeros or keep, got '
                      f'{config.head_bias_init!r}')
   return params, model_config
-
-
-def _encoder_with_new_head(pretrained: dict, model_config: ModelConfig, seed: int) -> dict:
-  """A pre-trained model's encoder with a freshly initialised BP head."""
-  fresh = model_lib.init_params(model_config, jax.random.PRNGKey(seed))
-  return {'encoder': pretrained['encoder'], 'head': fresh['head']}
 
 
 def make_train_step(model_config: ModelConfig, tx, mesh):
