@@ -19,8 +19,10 @@ from cerebro_jax.trainers import loop, masked_patches, pretrain, train
 
 
 def run(mesh, head: str, steps=3):
-  model_config = ModelConfig(embed_dim=48, depth=2, num_heads=4, drop_path_rate=0.2,
-                             head=head)
+  # Two blocks (one of each attention) for fine-tuning; one for pre-training, whose
+  # masking and decoder are what it adds.
+  model_config = ModelConfig(embed_dim=48, depth=2 if head == 'bp' else 1, num_heads=4,
+                             drop_path_rate=0.2, head=head)
   params = model_lib.init_params(model_config, jax.random.PRNGKey(0), channels=3)
   tx = optax.sgd(1e-4 if head == 'bp' else 1e-2)
   state = jax.device_put(loop.init_state(params, tx, 1), sharding.replicated(mesh))

@@ -91,7 +91,7 @@ def test_first_step_equals_an_independent_computation():
 def test_gradient_accumulation_averages_micro_batches():
   """Two micro-batches of 4 with grad_accum_steps=2 make one update whose gradient (Adam's
   first moment) is the gradient of the batch of 8; nothing moves after the first."""
-  model_config = dataclasses.replace(TINY, drop_path_rate=0.0)
+  model_config = dataclasses.replace(TINY, depth=1, drop_path_rate=0.0)
   data = batch()
   halves = [{k: v[:4] for k, v in data.items()}, {k: v[4:] for k, v in data.items()}]
   mesh = sharding.data_mesh()
