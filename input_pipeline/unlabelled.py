@@ -91,13 +91,13 @@ class UnlabelledWindows:
 
 
 def find_recordings(patterns: str) -> list[str]:
-  """Comma-separated glob patterns -> sorted EDF files and WFDB headers they match
-  (a pattern may name a directory: every .edf and .hea in it)."""
+  """Comma-separated glob patterns ('**' spans folders) -> sorted EDF files and WFDB
+  headers they match (a pattern may name a directory: every .edf and .hea in it)."""
   found = set()
   for pattern in (p.strip() for p in patterns.split(',') if p.strip()):
     if os.path.isdir(pattern):
       pattern = os.path.join(pattern, '*')
-    found.update(p for p in glob.glob(pattern)
+    found.update(p for p in glob.glob(pattern, recursive=True)
                  if p.lower().endswith('.edf') or p.endswith('.hea'))
   return sorted(found)
 

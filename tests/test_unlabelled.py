@@ -79,3 +79,13 @@ def test_bad_files_are_named_and_bad_windows_counted(tmp_path):
                             unlabelled.UnlabelledOptions(channels=('ABP',)))
   with pytest.raises(RecordError, match='matches'):
     unlabelled.read_windows(str(tmp_path / '*.nothing'), unlabelled.UnlabelledOptions())
+
+
+def test_recordings_found_through_folders(tmp_path):
+  nested = tmp_path / 'site' / 'patient'
+  nested.mkdir(parents=True)
+  for suffix in ('hea', 'mat'):
+    (nested / f'a103l.{suffix}').write_bytes((TEST_DATA / 'unlabelled' / f'a103l.{suffix}')
+                                             .read_bytes())
+  assert unlabelled.find_recordings(f'{tmp_path}/**/*.hea') == [str(nested / 'a103l.hea')]
+  assert unlabelled.find_recordings(f'{nested}, {tmp_path}/*.edf') == [str(nested / 'a103l.hea')]
