@@ -21,6 +21,7 @@ import pyedflib
 import wfdb
 
 from input_pipeline.records import RecordError, resample
+from input_pipeline.windows import minmax_scale
 
 NORMALISATIONS = ('minmax', 'minmax_symmetric', 'zscore')
 MAX_CHANNELS = 64  # the model's channel table
@@ -129,8 +130,7 @@ def normalise(window: np.ndarray, how: str) -> np.ndarray:
   """(C, T) -> the same, each row scaled on its own (see UnlabelledOptions)."""
   if how == 'zscore':
     return (window - window.mean(1, keepdims=True)) / window.std(1, keepdims=True)
-  low, high = window.min(1, keepdims=True), window.max(1, keepdims=True)
-  unit = (window - low) / (high - low)
+  unit = minmax_scale(window)
   return unit if how == 'minmax' else 2 * unit - 1
 
 

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from cerebro_jax import distributed, sharding
 from cerebro_jax.models import checkpoints
 from cerebro_jax.models.model_config import ModelConfig
+from cerebro_jax.trainers import optim
 
 
 class TrainingDivergedError(RuntimeError):
@@ -40,7 +41,8 @@ class Job:
   Attributes:
     model_config: the model trained (recorded in the best checkpoints).
     train_step: jitted (state, global batch) -> (state, scalar loss).
-    batches: epoch (1-based) -> iterator of this process's host batches (numpy dicts).
+    batches: the epoch's data seed -> iterator of this process's host batches (numpy
+      dicts); the seed depends on config.seed and the epoch only.
     steps_per_epoch: steps of each epoch.
     validate: params -> validation metric (lower is better), run on every process.
     metric: the metric's name in logs and records ('mse' -> 'best_val_mse').
@@ -65,6 +67,24 @@ def steps_per_epoch(train_size: int, config) -> int:
     raise ValueError(f'the training split has {train_size} windows, fewer than one update '
                      f'of {accum} x {config.batch_size}')
   return steps
+
+
+def start(config, workdir: str):
+  """A job's start: creates the workdir, writes config.json (process 0), checks the batch
+  against the devices. Returns (mesh, this process's data-axis positions, their count)."""
+  os.makedirs(workdir, exist_ok=True)
+  if distributed.is_main():
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  mesh = sharding.data_mesh()
+  sharding.check_batch(config.batch_size)
+  return (mesh, *sharding.local_shards(mesh))
+
+
+def start_state(config, params, steps_per_epoch: int, mesh):
+  """(optimizer, replicated train state at step 0) for `params` under `config`."""
+  tx, _ = optim.make_optimizer(config, params, steps_per_epoch // config.grad_accum_steps)
+  return tx, jax.device_put(init_state(params, tx, config.seed), sharding.replicated(mesh))
 
 
 def init_state(params, tx, seed: int) -> dict:
@@ -135,7 +155,7 @@ def fit(config, workdir: str, state: dict, job: Job, mesh,
                   f'{jax.process_count()} process(es)')
   while meta['epoch'] < config.num_epochs and meta['epochs_without_improvement'] < config.patience:
     epoch = meta['epoch'] + 1
-    batches = job.batches(epoch)
+    batches = job.batches(config.seed * 100_003 + epoch)
     losses, start = [], time.perf_counter()
     bar = tqdm(range(job.steps_per_epoch), desc=f'epoch {epoch}/{config.num_epochs}',
                unit='step', disable=not main)

@@ -31,7 +31,7 @@ import numpy as np
 
 from cerebro_jax import distributed, sharding
 from cerebro_jax.models import checkpoints, model as model_lib
-from cerebro_jax.trainers import loop, masked_patches, optim, pretrain_data, train
+from cerebro_jax.trainers import loop, masked_patches, pretrain_data, train
 
 # Windows of the training split averaged into the 'mean_patch' baseline.
 _MEAN_PATCH_WINDOWS = 2048
@@ -149,22 +149,14 @@ def pretrain_and_evaluate(config, workdir: str,
                           on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
   """Pre-trains per `config` (configs/pretrain.py), then measures the best model's
   held-out reconstruction against the baselines. Returns {split: {predictor: losses}}."""
-  main = distributed.is_main()
-  os.makedirs(workdir, exist_ok=True)
-  if main:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+  mesh, shards, num_shards = loop.start(config, workdir)
   pre = masked_patches.Objective(**config.pretrain.to_dict())
   data = pretrain_data.from_config(config.data, workdir)
   if not data.held_out:
     raise ValueError(f'{data.describe}: no held-out windows; set a validation fraction')
-  mesh = sharding.data_mesh()
-  sharding.check_batch(config.batch_size)
-  shards, num_shards = sharding.local_shards(mesh)
   steps_per_epoch = loop.steps_per_epoch(data.train_size, config)
   params, model_config = initial_params(config, *data.shape())
-  tx, _ = optim.make_optimizer(config, params, steps_per_epoch // config.grad_accum_steps)
-  state = jax.device_put(loop.init_state(params, tx, config.seed), sharding.replicated(mesh))
+  tx, state = loop.start_state(config, params, steps_per_epoch, mesh)
   baseline_patch = mean_patch(data, model_config.patch_size)
   # Masks of held-out windows: fixed for the whole run, apart from the training masks.
   eval_seed = config.seed + 1_000_003
@@ -174,8 +166,8 @@ def pretrain_and_evaluate(config, workdir: str,
   job = loop.Job(
       model_config=model_config,
       train_step=make_pretrain_step(model_config, pre, tx, mesh),
-      batches=lambda epoch: data.train_batches(config.batch_size, config.seed * 100_003 + epoch,
-                                               shards, num_shards, config.data.shuffle_buffer),
+      batches=lambda seed: data.train_batches(config.batch_size, seed, shards, num_shards,
+                                              config.data.shuffle_buffer),
       steps_per_epoch=steps_per_epoch,
       validate=lambda p: evaluate(p, data.held_out[0])['model']['loss'],
       metric='loss',
@@ -196,7 +188,7 @@ def pretrain_and_evaluate(config, workdir: str,
        'val_loss': meta['best_val_loss']}, overwrite=True)
   params = jax.device_put(params, sharding.replicated(mesh))
   results = {split: evaluate(params, split) for split in data.held_out}
-  if main:
+  if distributed.is_main():
     os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
     with open(os.path.join(workdir, 'eval', 'pretrain_metrics.json'), 'w') as f:
       json.dump({'loss': pre.loss, 'alpha': pre.alpha, 'mask_ratio': pre.mask_ratio,

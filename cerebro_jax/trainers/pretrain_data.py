@@ -44,7 +44,7 @@ class PreparedWindows:
   def __init__(self, builder):
     self.builder = builder
     self.train_size = builder.info.splits['train'].num_examples
-    self.held_out = tuple(s for s in datasets.eval_splits((), builder))
+    self.held_out = datasets.eval_splits((), builder)
     self.describe = f'{builder.data_dir} ({self.train_size} training windows)'
 
   def shape(self) -> tuple[int, int]:

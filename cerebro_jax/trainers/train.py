@@ -32,7 +32,7 @@ from cerebro_jax import datasets, distributed, sharding
 from cerebro_jax.evaluators import evaluation
 from cerebro_jax.models import checkpoints, model as model_lib
 from cerebro_jax.models.model_config import ModelConfig
-from cerebro_jax.trainers import loop, optim
+from cerebro_jax.trainers import loop
 from input_pipeline import pipeline
 
 
@@ -103,17 +103,10 @@ def train_and_evaluate(config, workdir: str,
   on_epoch_end(epoch, logs) is called after each epoch's checkpoint (for notebooks).
   Returns {split: metrics report} of the final evaluation.
   """
-  main = distributed.is_main()
-  os.makedirs(workdir, exist_ok=True)
-  if main:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+  mesh, shards, num_shards = loop.start(config, workdir)
   builder = datasets.get_builder(config.data, workdir)
   datasets.check_protocol(builder, tuple(config.data.required_protocols))
   eval_splits = datasets.eval_splits(config.eval_splits, builder)
-  mesh = sharding.data_mesh()
-  sharding.check_batch(config.batch_size)
-  shards, num_shards = sharding.local_shards(mesh)
   needed = {'train', 'validation', *eval_splits}
   absent = sorted(needed - set(builder.info.splits))
   if absent:
@@ -124,14 +117,13 @@ def train_and_evaluate(config, workdir: str,
   steps_per_epoch = loop.steps_per_epoch(train_size, config)
   train_means = datasets.split_means(builder)
   params, model_config = initial_params(config, train_means)
-  tx, _ = optim.make_optimizer(config, params, steps_per_epoch // config.grad_accum_steps)
-  state = jax.device_put(loop.init_state(params, tx, config.seed), sharding.replicated(mesh))
+  tx, state = loop.start_state(config, params, steps_per_epoch, mesh)
 
   train_step = make_train_step(model_config, tx, mesh)
   job = loop.Job(
       model_config=model_config, train_step=train_step,
-      batches=lambda epoch: pipeline.train_batches(
-          builder, config.batch_size, config.seed * 100_003 + epoch, shards, num_shards,
+      batches=lambda seed: pipeline.train_batches(
+          builder, config.batch_size, seed, shards, num_shards,
           shuffle_buffer=config.data.shuffle_buffer),
       steps_per_epoch=steps_per_epoch,
       validate=lambda p: evaluation.mse(evaluation.predict_split(
@@ -147,7 +139,7 @@ def train_and_evaluate(config, workdir: str,
       jax.device_put(params, sharding.replicated(mesh)), model_config, builder,
       eval_splits, config.eval_batch_size, mesh, train_means,
       os.path.join(workdir, 'eval'))
-  if main:
+  if distributed.is_main():
     with open(os.path.join(workdir, 'train_summary.json'), 'w') as f:
       json.dump({**meta, 'train_means': train_means, 'steps': int(state['step'])}, f, indent=2)
   return reports
