@@ -9,6 +9,7 @@ for evaluation, its consecutive shard (`tfds.split_for_jax_process`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import os
 from typing import Iterator
@@ -58,18 +59,38 @@ def shard_seed(seed: int, shard: int) -> int:
   return int(np.random.SeedSequence([seed, shard]).generate_state(1)[0] >> 1)
 
 
+def _numeric(ds: tf.data.Dataset) -> tf.data.Dataset:
+  return ds.map(lambda ex: {k: ex[k] for k in _NUMERIC}, num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _in_memory(data_dir: str, split: str, start: int, end: int) -> tf.data.Dataset:
+  """Examples [start, end) of `split` in file order, kept in memory after the first pass
+  by every dataset built on top of it (tf.data's cache persists across iterators)."""
+  builder = tfds.builder_from_directory(data_dir)
+  ds = builder.as_dataset(split=tfds.core.ReadInstruction(split, start, end, unit='abs'),
+                          shuffle_files=False, read_config=tfds.ReadConfig(
+                              options=_options(), interleave_cycle_length=1))
+  return _numeric(ds).cache()
+
+
 def train_batches(builder, batch_size: int, seed: int, shards=(0,), num_shards: int = 1,
                   split: str = 'train', shuffle_buffer: int = 16_384,
-                  cache: bool = True) -> Iterator[dict]:
+                  cache: bool = False) -> Iterator[dict]:
   """Endless shuffled batches of `split` for the data-axis positions `shards`, drop-remainder.
 
   The split is cut into `num_shards` (the number of devices) equal consecutive ranges, the
-  remainder dropped; position k reads range k, shuffled by `shard_seed(seed, k)` (file
-  order and a buffer of shuffle_buffer / num_shards windows, reshuffled on every pass), and
+  remainder dropped; position k reads range k, shuffled by `shard_seed(seed, k)`, and
   fills rows [k * b, (k + 1) * b) of each global batch of `batch_size`, b = batch_size /
   num_shards. The batches yielded are the rows of `shards` (consecutive positions: this
   process's devices), so the global batches depend on the seed and the number of devices,
   never on how many processes share them.
+
+  Shuffling: streamed from disk (cache=False), by file order and a buffer of
+  shuffle_buffer / num_shards windows; with `cache`, the range is read once per process
+  and kept in memory (10 kB a window), and each call shuffles it with that buffer alone
+  (a different order from the streamed one for the same seed, equally deterministic).
   """
   if batch_size % num_shards:
     raise ValueError(f'batch size {batch_size} does not divide over {num_shards} shards')
@@ -77,14 +98,13 @@ def train_batches(builder, batch_size: int, seed: int, shards=(0,), num_shards: 
   read_config = tfds.ReadConfig(options=_options(), interleave_cycle_length=16)
   streams = []
   for shard in shards:
-    read_config = dataclasses.replace(read_config, shuffle_seed=shard_seed(seed, shard))
-    ds = builder.as_dataset(split=tfds.core.ReadInstruction(split, shard * size,
-                                                            (shard + 1) * size, unit='abs'),
-                            shuffle_files=True, read_config=read_config)
-    ds = ds.map(lambda ex: {k: ex[k] for k in _NUMERIC}, num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
     if cache:
-      ds = ds.cache()
+      ds = _in_memory(str(builder.data_dir), split, shard * size, (shard + 1) * size)
+    else:
+      read_config = dataclasses.replace(read_config, shuffle_seed=shard_seed(seed, shard))
+      ds = _numeric(builder.as_dataset(
+          split=tfds.core.ReadInstruction(split, shard * size, (shard + 1) * size, unit='abs'),
+          shuffle_files=True, read_config=read_config))
     ds = ds.shuffle(max(1, shuffle_buffer // num_shards), seed=shard_seed(seed, shard),
                     reshuffle_each_iteration=True).repeat()
     streams.append(ds.batch(batch_size // num_shards, drop_remainder=True))

@@ -4,7 +4,12 @@ Sources: 'synthetic' (the built-in cohort), 'mimic3' (a folder of WFDB records),
 'vitaldb' (a folder of .vital files); 'pulsedb' (PulseDB's own files, already windowed)
 streams instead, through input_pipeline/pulsedb_plan.py. A record that cannot be read
 is reported by name with the reason and skipped; every candidate window is kept in the
-report with its verdict. Accepted windows are held in memory (10 kB each: 100,000 windows take 1 GB).
+report with its verdict.
+
+Everything here works one record at a time (`process_record`, a pure function of a
+`RecordTask` and the options): input_pipeline/beam_prepare.py maps it over records with
+Apache Beam to write datasets; `prepare` runs it in this process and keeps the windows
+in memory (10 kB each: 100,000 windows take 1 GB) for small cohorts and tests.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ import csv
 import dataclasses
 import json
 import os
-from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -43,9 +47,164 @@ class PrepareOptions:
   pulsedb: pulsedb_plan.PulseDbOptions = pulsedb_plan.PulseDbOptions()
 
 
+@dataclasses.dataclass(frozen=True)
+class RecordTask:
+  """One record to read: the unit of parallel work. Known before any signal is read."""
+  index: int  # position in the source's sorted record list
+  path: str  # what the reader opens (a file path; the subject index for synthetic)
+  name: str  # the record's name in reports and keys (its path relative to the input)
+  subject: str  # its subject, from the name (MIMIC-III pNNNNNN, the .vital file's stem)
+  split: str  # protocol 'subject': the subject's split; protocol 'random': ''
+
+
+@dataclasses.dataclass
+class RecordResult:
+  """What one record gave: every candidate window, the split of each, or the reason the
+  record could not be used."""
+  task: RecordTask
+  windows: list[Window]
+  splits: list[str]  # per window: its split when accepted, else ''
+  failure: str = ''
+
+
+def _subject_of(source: str, path: str) -> str:
+  if source == 'synthetic':
+    return f's{int(path):04d}'
+  if source == 'mimic3':
+    return mimic3.subject_of(path)
+  return os.path.basename(path).removesuffix('.vital')
+
+
+def record_tasks(options: PrepareOptions) -> list[RecordTask]:
+  """Every record of the source, in a deterministic order, with its subject and, for the
+  subject protocol, its subject's split (whole subjects, from the list of names)."""
+  splits.check_protocol(options.protocol)
+  if options.source == 'synthetic':
+    paths = [str(i) for i in range(options.cohort.num_subjects)]
+    names = [f'synthetic_{i:04d}' for i in range(options.cohort.num_subjects)]
+  elif options.source in ('mimic3', 'vitaldb'):
+    if not options.input_dir or not os.path.isdir(options.input_dir):
+      raise FileNotFoundError(f'{options.source}: input folder not found: {options.input_dir}')
+    find = mimic3.find_records if options.source == 'mimic3' else vitaldb_files.find_records
+    paths = find(options.input_dir)
+    names = [os.path.relpath(p, options.input_dir) for p in paths]
+  else:
+    raise ValueError(f'unknown record source {options.source!r}; expected one of '
+                     f'{SOURCES[:-1]} (PulseDB files are read by pulsedb_plan)')
+  if not paths:
+    raise FileNotFoundError(f'{options.source}: no records found in {options.input_dir}')
+  subjects = [_subject_of(options.source, p) for p in paths]
+  of = (splits.assign_subjects(subjects, options.fractions, options.seed)
+        if options.protocol == 'subject' else {})
+  return [RecordTask(i, p, n, s, of.get(s, ''))
+          for i, (p, n, s) in enumerate(zip(paths, names, subjects))]
+
+
+def load_record(task: RecordTask, options: PrepareOptions) -> Record:
+  """Reads the record of `task` (RecordError if it cannot be used)."""
+  if options.source == 'synthetic':
+    return synthetic.subject(int(task.path), options.cohort)[0]
+  if options.source == 'mimic3':
+    return mimic3.read_record(task.path, options.channels)
+  return vitaldb_files.read_vital(task.path, options.tracks)
+
+
+def window_key(task: RecordTask, window: Window) -> str:
+  """A window's unique, stable name: its record's name and start (s)."""
+  return f'{task.name}:{window.start_s:.3f}'
+
+
+def process_record(task: RecordTask, options: PrepareOptions) -> RecordResult:
+  """Reads, windows, judges and splits one record: a pure function of (task, options).
+
+  Any error while reading or windowing fails the record as a whole (no window of it is
+  kept), with the reason; it never stops the other records.
+  """
+  try:
+    record = load_record(task, options)
+    if record.subject != task.subject:
+      raise splits.SubjectLeakError(f'{task.name}: read as subject {record.subject}, listed '
+                                    f'as {task.subject}: the split by name would be wrong')
+    windows = list(windows_of(record, options.rules))
+  except RecordError as e:
+    return RecordResult(task, [], [], str(e))
+  except Exception as e:  # pylint: disable=broad-except  (one bad record must not stop a job)
+    return RecordResult(task, [], [], f'{task.name}: failed while windowing '
+                                      f'({type(e).__name__}: {e})')
+  split_of = lambda w: task.split or splits.hash_split(window_key(task, w), options.fractions,
+                                                       options.seed)
+  return RecordResult(task, windows, [split_of(w) if w.accepted else '' for w in windows])
+
+
+def report_rows(result: RecordResult) -> list[list[str]]:
+  """windows.csv rows (REPORT_COLUMNS) of one record's candidate windows."""
+  return [[w.record, w.subject, f'{w.start_s:.3f}', w.lead, f'{w.sbp_mmhg:.3f}',
+           f'{w.dbp_mmhg:.3f}', w.reject or 'accepted', split]
+          for w, split in zip(result.windows, result.splits)]
+
+
+@dataclasses.dataclass
+class Summary:
+  """Counts over records, mergeable (a Beam combiner's accumulator): summary.json."""
+  records_read: int = 0
+  failures: list = dataclasses.field(default_factory=list)  # (record index, name, reason)
+  candidates: int = 0
+  rejects: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  windows: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  subjects: dict = dataclasses.field(default_factory=dict)  # split -> set of subjects
+
+  def add(self, result: RecordResult) -> 'Summary':
+    if result.failure:
+      self.failures.append((result.task.index, result.task.name, result.failure))
+      return self
+    self.records_read += 1
+    self.candidates += len(result.windows)
+    self.rejects.update(w.reject for w in result.windows if w.reject)
+    for w, split in zip(result.windows, result.splits):
+      if split:
+        self.windows[split] += 1
+        self.subjects.setdefault(split, set()).add(w.subject)
+    return self
+
+  def merge(self, other: 'Summary') -> 'Summary':
+    self.records_read += other.records_read
+    self.failures += other.failures
+    self.candidates += other.candidates
+    self.rejects += other.rejects
+    self.windows += other.windows
+    for split, subjects in other.subjects.items():
+      self.subjects.setdefault(split, set()).update(subjects)
+    return self
+
+  def to_dict(self, options: PrepareOptions) -> dict:
+    """summary.json; checks that no subject is in two splits under the subject protocol."""
+    if options.protocol == 'subject':
+      seen = {}
+      for split in sorted(self.subjects):
+        for subject in self.subjects[split]:
+          if subject in seen:
+            raise splits.SubjectLeakError(f'subject {subject} is in both {seen[subject]} '
+                                          f'and {split}')
+          seen[subject] = split
+    return {
+        'source': options.source, 'input_dir': options.input_dir,
+        'protocol': options.protocol, 'fractions': list(options.fractions),
+        'seed': options.seed,
+        'records_read': self.records_read, 'records_failed': len(self.failures),
+        'failures': [{'record': name, 'reason': why} for _, name, why in sorted(self.failures)],
+        'candidate_windows': self.candidates, 'windows_kept': sum(self.windows.values()),
+        'rejects': {reason: self.rejects.get(reason, 0) for reason in REJECT_REASONS},
+        'splits': {name: {'windows': self.windows.get(name, 0),
+                          'subjects': len(self.subjects.get(name, ()))}
+                   for name in splits.SPLITS},
+    }
+
+
 @dataclasses.dataclass
 class Prepared:
-  """Accepted windows (arrays over N windows), their split, and the full report."""
+  """Accepted windows (arrays over N windows), their split, and the full report: the
+  whole dataset in memory (10 kB a window), for small sources and tests. Datasets are
+  written by input_pipeline/beam_prepare.py, which streams the same per-record results."""
   signals: np.ndarray  # (N, 2, 1250) float32, [ECG, PPG] scaled to [0, 1]
   sbp: np.ndarray  # (N,) float32 mmHg
   dbp: np.ndarray  # (N,) float32 mmHg
@@ -54,74 +213,53 @@ class Prepared:
   source: np.ndarray  # (N,) str
   lead: np.ndarray  # (N,) str
   start_s: np.ndarray  # (N,) float32, window start within its record
+  key: np.ndarray  # (N,) str, window_key: the dataset's example keys
   split: dict[str, np.ndarray]  # split name -> indices into the N windows
-  candidates: list[Window]  # every candidate window (signals dropped), in order
-  failures: list[tuple[str, str]]  # (record, reason) of records that could not be read
-  records_read: int
+  results: list[RecordResult]  # per record, in order (signals dropped)
   options: PrepareOptions
 
   def summary(self) -> dict:
-    rejects = collections.Counter(w.reject for w in self.candidates if w.reject)
-    return {
-        'source': self.options.source, 'input_dir': self.options.input_dir,
-        'protocol': self.options.protocol, 'fractions': list(self.options.fractions),
-        'seed': self.options.seed,
-        'records_read': self.records_read, 'records_failed': len(self.failures),
-        'failures': [{'record': r, 'reason': why} for r, why in self.failures],
-        'candidate_windows': len(self.candidates), 'windows_kept': int(len(self.sbp)),
-        'rejects': {reason: rejects.get(reason, 0) for reason in REJECT_REASONS},
-        'splits': {name: {'windows': int(len(idx)),
-                          'subjects': int(len(np.unique(self.subject[idx])))}
-                   for name, idx in self.split.items()},
-    }
+    totals = Summary()
+    for result in self.results:
+      totals.add(result)
+    return totals.to_dict(self.options)
 
+  @property
+  def candidates(self) -> list[Window]:
+    return [w for r in self.results for w in r.windows]
 
-def record_loaders(options: PrepareOptions) -> list[tuple[str, Callable[[], Record]]]:
-  """(name, load) for every record of the source, in a deterministic order."""
-  if options.source == 'synthetic':
-    return [(f'synthetic_{i:04d}', lambda i=i: synthetic.subject(i, options.cohort)[0])
-            for i in range(options.cohort.num_subjects)]
-  if options.source not in SOURCES or options.source == 'pulsedb':
-    raise ValueError(f'unknown record source {options.source!r}; expected one of '
-                     f'{SOURCES[:-1]} (PulseDB files are read by pulsedb_plan)')
-  if not options.input_dir or not os.path.isdir(options.input_dir):
-    raise FileNotFoundError(f'{options.source}: input folder not found: {options.input_dir}')
-  if options.source == 'mimic3':
-    paths = mimic3.find_records(options.input_dir)
-    return [(p, lambda p=p: mimic3.read_record(p, options.channels)) for p in paths]
-  paths = vitaldb_files.find_records(options.input_dir)
-  return [(p, lambda p=p: vitaldb_files.read_vital(p, options.tracks)) for p in paths]
+  @property
+  def failures(self) -> list[tuple[str, str]]:
+    return [(r.task.name, r.failure) for r in self.results if r.failure]
 
 
 def prepare(options: PrepareOptions = PrepareOptions(), progress: bool = True) -> Prepared:
-  """Reads every record, windows and labels it, and splits the accepted windows."""
-  loaders = record_loaders(options)
-  if not loaders:
-    raise FileNotFoundError(f'{options.source}: no records found in {options.input_dir}')
-  accepted, candidates, failures = [], [], []
-  bar = tqdm(loaders, desc=f'{options.source} records', unit='record', disable=not progress)
-  for name, load in bar:
-    try:
-      record = load()
-    except RecordError as e:
-      failures.append((name, str(e)))
-      continue
-    for window in windows_of(record, options.rules):
-      if window.accepted:
-        accepted.append(window)
-      candidates.append(dataclasses.replace(window, signals=None))
-    bar.set_postfix(windows=len(accepted), failed=len(failures))
+  """Reads every record in this process and returns all accepted windows in memory."""
+  accepted, keys, names, results = [], [], [], []
+  bar = tqdm(record_tasks(options), desc=f'{options.source} records', unit='record',
+             disable=not progress)
+  for task in bar:
+    result = process_record(task, options)
+    for w, split in zip(result.windows, result.splits):
+      if split:
+        accepted.append(w)
+        keys.append(window_key(task, w))
+        names.append(split)
+    results.append(dataclasses.replace(
+        result, windows=[dataclasses.replace(w, signals=None) for w in result.windows]))
+    bar.set_postfix(windows=len(accepted), failed=sum(bool(r.failure) for r in results))
   column = lambda attr, dtype: np.array([getattr(w, attr) for w in accepted], dtype)
   subject = column('subject', str)
+  split = {name: np.flatnonzero(np.array(names, object) == name) for name in splits.SPLITS}
+  if options.protocol == 'subject':
+    splits.check_subject_disjoint(subject, split)
   return Prepared(
       signals=(np.stack([w.signals for w in accepted]) if accepted
                else np.zeros((0, 2, 1250), np.float32)),
       sbp=column('sbp_mmhg', np.float32), dbp=column('dbp_mmhg', np.float32),
       subject=subject, record=column('record', str), source=column('source', str),
       lead=column('lead', str), start_s=column('start_s', np.float32),
-      split=splits.make_split(options.protocol, subject, options.fractions, options.seed),
-      candidates=candidates, failures=failures, records_read=len(loaders) - len(failures),
-      options=options)
+      key=np.array(keys, str), split=split, results=results, options=options)
 
 
 def write_reports(prepared: Prepared, directory: str) -> tuple[str, str]:
@@ -130,16 +268,10 @@ def write_reports(prepared: Prepared, directory: str) -> tuple[str, str]:
   summary_path = os.path.join(directory, 'summary.json')
   with open(summary_path, 'w') as f:
     json.dump(prepared.summary(), f, indent=2)
-  split_of = {}
-  for name, indices in prepared.split.items():
-    for i in indices:
-      split_of[(prepared.record[i], float(prepared.start_s[i]))] = name
   csv_path = os.path.join(directory, 'windows.csv')
   with open(csv_path, 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(REPORT_COLUMNS)
-    for w in prepared.candidates:
-      writer.writerow([w.record, w.subject, f'{w.start_s:.3f}', w.lead,
-                       f'{w.sbp_mmhg:.3f}', f'{w.dbp_mmhg:.3f}', w.reject or 'accepted',
-                       split_of.get((w.record, float(np.float32(w.start_s))), '')])
+    for result in prepared.results:
+      writer.writerows(report_rows(result))
   return summary_path, csv_path

@@ -145,8 +145,10 @@ def _pulsedb_split(files: dict[str, FileRows], fraction: float, seed: int, failu
 
 def _pooled_split(files: dict[str, FileRows], protocol: str, fractions, seed: int):
   usable = {p: f.rows[f.reasons == ''] for p, f in files.items()}
-  keys = np.concatenate([files[p].subjects[r] for p, r in usable.items()] or [np.zeros(0, str)])
-  parts = splits.make_split(protocol, keys, fractions, seed)
+  subjects = np.concatenate([files[p].subjects[r] for p, r in usable.items()]
+                            or [np.zeros(0, str)])
+  keys = [f'{os.path.basename(p)}:{row}' for p, r in usable.items() for row in r.tolist()]
+  parts = splits.make_split(protocol, subjects, keys, fractions, seed)
   offsets = np.cumsum([0] + [len(r) for r in usable.values()])
   return {name: {p: r[idx[(idx >= lo) & (idx < hi)] - lo]
                  for (p, r), lo, hi in zip(usable.items(), offsets[:-1], offsets[1:])}

@@ -24,10 +24,12 @@ import json
 import os
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from input_pipeline import prepare as prepare_lib, pulsedb, pulsedb_plan, splits, windows
+from input_pipeline import (beam_prepare, prepare as prepare_lib, pulsedb, pulsedb_plan, splits,
+                            windows)
 
 _DESCRIPTION = ('10-s windows of ECG lead II and PPG at 125 Hz (PulseDB-style filtering, '
                 'beat labels and quality rules) with SBP and DBP labels from invasive ABP.')
@@ -53,13 +55,17 @@ def protocol_of(builder: tfds.core.DatasetBuilder) -> str:
 
 
 class _WindowsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Shared logic; `prepared` lets a caller hand over windows it already computed."""
+  """Shared logic: writes the windows that input_pipeline/beam_prepare.py left in
+  `windows_dir`, with Apache Beam (`build` runs both steps)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.',
+                   '2.0.0': 'Written with Apache Beam; random splits by a hash of the '
+                            'window key; keys are <record>:<start_s>.'}
 
-  def __init__(self, *, prepared: prepare_lib.Prepared | None = None, **kwargs):
-    self._prepared = prepared
+  def __init__(self, *, windows_dir: str | None = None, distributed: bool = False, **kwargs):
+    self._windows_dir = windows_dir
+    self._distributed = distributed  # write with Beam (else stream through TFDS's writer)
     super().__init__(**kwargs)
 
   def _features(self) -> dict:
@@ -85,17 +91,26 @@ class _WindowsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return self.builder_config.options
 
   def _split_generators(self, dl_manager):
-    prepared = self._prepared or prepare_lib.prepare(self._options(dl_manager))
-    return {name: self._generate_examples(prepared, indices)
-            for name, indices in prepared.split.items() if len(indices)}  # TFDS: no empty splits
+    if not self._windows_dir:
+      raise ValueError(f'{self.name}: build it with tfds_builders.prepare_dataset or '
+                       'scripts/prepare_data.py, which first window the records')
+    with tf.io.gfile.GFile(os.path.join(self._windows_dir, 'summary.json')) as f:
+      counts = json.load(f)['splits']
+    return {name: self._generate_examples(beam_prepare.window_files(self._windows_dir, name))
+            for name in splits.SPLITS if counts[name]['windows']}  # TFDS: no empty splits
 
-  def _generate_examples(self, prepared: prepare_lib.Prepared, indices):
-    for i in indices:
-      key = f'{i}:{prepared.record[i]}:{prepared.start_s[i]:.3f}'  # unique even for equal names
-      yield key, {'signals': prepared.signals[i], 'sbp': prepared.sbp[i],
-                  'dbp': prepared.dbp[i], 'subject': prepared.subject[i],
-                  'record': prepared.record[i], 'source': prepared.source[i],
-                  'lead': prepared.lead[i], 'start_s': prepared.start_s[i]}
+  def _generate_examples(self, pattern: str):
+    if not self._distributed:
+      return _read_windows(pattern)
+    beam = tfds.core.lazy_imports.apache_beam
+    return beam.io.ReadFromTFRecord(pattern) | beam.Map(beam_prepare.decode_window)
+
+
+def _read_windows(pattern: str):
+  """(key, example) of every window in the files of `pattern`, one at a time."""
+  for path in beam_prepare.matching(pattern):
+    for data in tf.data.TFRecordDataset(path).as_numpy_iterator():
+      yield beam_prepare.decode_window(data)
 
 
 class _ManualBuilder(_WindowsBuilder, skip_registration=True):
@@ -188,46 +203,62 @@ def config_hash(options: prepare_lib.PrepareOptions) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def build(options: prepare_lib.PrepareOptions, data_dir: str,
-          **handed_over) -> tfds.core.DatasetBuilder:
-  """Writes the dataset of `options` under data_dir (reusing windows or a PulseDB plan
-  already computed: `prepared=` or `plan=`).
+def _config(options: prepare_lib.PrepareOptions):
+  """The registered 'subject' / 'random' config when `options` equal its options (the
+  input folder aside), else '<protocol>_<hash of the options>'."""
+  registered = {c.name: c for c in BUILDERS[options.source].BUILDER_CONFIGS}
+  if dataclasses.replace(options, input_dir=None) == registered[options.protocol].options:
+    return options.protocol
+  return WindowsConfig(name=f'{options.protocol}_{config_hash(options)}',
+                       description=f'{options.protocol} split, custom options', options=options)
 
-  The config is the registered 'subject' / 'random' one when `options` equal its options
-  (the input folder aside), else '<protocol>_<hash of the options>'.
-  """
-  builder_cls = BUILDERS[options.source]
-  registered = {c.name: c for c in builder_cls.BUILDER_CONFIGS}
-  same = dataclasses.replace(options, input_dir=None) == registered[options.protocol].options
-  config = options.protocol if same else WindowsConfig(
-      name=f'{options.protocol}_{config_hash(options)}',
-      description=f'{options.protocol} split, custom options', options=options)
-  builder = builder_cls(data_dir=data_dir, config=config, **handed_over)
+
+def build(options: prepare_lib.PrepareOptions, data_dir: str, pipeline_options=None,
+          **handed_over) -> tfds.core.DatasetBuilder:
+  """Writes the dataset of `options` under data_dir from what `handed_over` holds: the
+  windowed records (`windows_dir=`, see prepare_dataset) or a checked PulseDB `plan=`."""
+  builder = BUILDERS[options.source](data_dir=data_dir, config=_config(options), **handed_over)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=options.input_dir))
+      manual_dir=options.input_dir, beam_options=pipeline_options))
   return builder
 
 
-def prepare_dataset(options: prepare_lib.PrepareOptions, output_dir: str, progress: bool = True
-                    ) -> tuple[prepare_lib.Prepared | pulsedb_plan.Plan, str | None]:
+def prepare_dataset(options: prepare_lib.PrepareOptions, output_dir: str, progress: bool = True,
+                    pipeline_options=None) -> tuple[dict, str | None]:
   """Records (or PulseDB files) -> windows -> summary.json, windows.csv, options.json and
   the TFDS dataset in `output_dir` (what scripts/prepare_data.py does).
 
-  Returns (the prepared windows, or for PulseDB the checked plan: both have .summary();
-  the dataset's folder, or None when no window was accepted: then only the reports are
-  written).
+  Records are windowed by input_pipeline/beam_prepare.py with Apache Beam under
+  `pipeline_options` (default: this process) and the dataset written by TFDS (with Beam
+  too on a distributed runner); PulseDB's files stream through its plan in this process.
+  Returns (summary.json's content; the dataset's folder, or None when no window was
+  accepted: then only the reports are written).
   """
-  if options.source == 'pulsedb':
-    prepared = pulsedb_plan.plan(options.input_dir, options.protocol, options.fractions,
-                                 options.seed, options.pulsedb, progress=progress)
-    pulsedb_plan.write_reports(prepared, output_dir)
-    handed_over = {'plan': prepared}
-  else:
-    prepared = prepare_lib.prepare(options, progress=progress)
-    prepare_lib.write_reports(prepared, output_dir)
-    handed_over = {'prepared': prepared}
-  with open(os.path.join(output_dir, 'options.json'), 'w') as f:
+  tf.io.gfile.makedirs(output_dir)
+  with tf.io.gfile.GFile(os.path.join(output_dir, 'options.json'), 'w') as f:
     json.dump(dataclasses.asdict(options), f, indent=2)
-  if prepared.summary()['windows_kept'] == 0:
-    return prepared, None
-  return prepared, str(build(options, output_dir, **handed_over).data_dir)
+  if options.source == 'pulsedb':
+    plan = pulsedb_plan.plan(options.input_dir, options.protocol, options.fractions,
+                             options.seed, options.pulsedb, progress=progress)
+    pulsedb_plan.write_reports(plan, output_dir)
+    summary = plan.summary()
+    if summary['windows_kept'] == 0:
+      return summary, None
+    return summary, str(build(options, output_dir, plan=plan).data_dir)
+  pipeline_options = pipeline_options or beam_prepare.beam_options()
+  work_dir = os.path.join(output_dir, '.windows_work')
+  if tf.io.gfile.exists(work_dir):
+    tf.io.gfile.rmtree(work_dir)
+  try:
+    summary = beam_prepare.write_windows(options, work_dir, pipeline_options, progress)
+    with tf.io.gfile.GFile(os.path.join(output_dir, 'summary.json'), 'w') as f:
+      json.dump(summary, f, indent=2)
+    beam_prepare.merge_report(work_dir, os.path.join(output_dir, 'windows.csv'))
+    if summary['windows_kept'] == 0:
+      return summary, None
+    return summary, str(build(options, output_dir, pipeline_options, windows_dir=work_dir,
+                              distributed=beam_prepare.is_distributed(pipeline_options))
+                        .data_dir)
+  finally:
+    if tf.io.gfile.exists(work_dir):
+      tf.io.gfile.rmtree(work_dir)

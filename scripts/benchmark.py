@@ -5,8 +5,12 @@
          scratch bytes for the compiled layer (norm + qkv + attention + proj) and the
          size of its softmax weights (B x H x groups x L x L float32).
   data   Windows prepared per second in one process (one core does the work) from the
-         synthetic generator and from WFDB records of the same cohort written to disk,
-         then the tf.data training pipeline's batches per second at --batch.
+         synthetic generator and from WFDB records of the same cohort written to disk;
+         then for each --data_windows and --data_workers, the whole preparation as
+         scripts/prepare_data.py runs it (Beam windowing + TFDS write) of a synthetic
+         cohort of that many windows in a fresh process: windows/s, seconds and peak
+         resident memory of the process and of its largest worker; then the tf.data
+         training pipeline's batches per second at --batch.
   quant  For each size and runtime (--runtimes), on the same weights: forward latency at
          batch 1 (ms), throughput at --batch (windows/s) and the size of the shipped file
          (MiB) of each format. JAX: float32, weight-only INT8, dynamic and static INT8
@@ -42,6 +46,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import shutil
 import statistics
 import tempfile
 import time
@@ -59,8 +64,8 @@ from cerebro_jax.quant import calibration, litert, ptq, quantization
 from cerebro_jax.trainers import loop, masked_patches, optim, pretrain, train
 from configs import default
 from configs import pretrain as pretrain_configs
-from input_pipeline import (mimic3, pipeline, prepare, pulsedb_plan, pulsedb_writer, synthetic,
-                            tfds_builders)
+from input_pipeline import (beam_prepare, mimic3, pipeline, prepare, pulsedb_plan, pulsedb_writer,
+                            synthetic, tfds_builders)
 
 _SIZES = flags.DEFINE_multi_enum('sizes', list(SIZES), list(SIZES), 'Model sizes to measure.')
 _BATCH = flags.DEFINE_integer('batch', 256, 'Batch for throughput and memory.', lower_bound=1)
@@ -71,6 +76,12 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per figure (median re
                                 lower_bound=1)
 _SUBJECTS = flags.DEFINE_integer('subjects', 8, 'data: synthetic subjects (10 min each).',
                                  lower_bound=1)
+_DATA_WINDOWS = flags.DEFINE_list(
+    'data_windows', ['6000', '24000'], 'data: sizes (candidate windows) of the synthetic '
+    'cohorts prepared end to end with scripts/prepare_data.py\'s code, for windows/s and '
+    'peak memory against size.')
+_DATA_WORKERS = flags.DEFINE_list('data_workers', ['1', '2'],
+                                  'data: local Beam worker processes to compare.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
                            'train: compute dtype of the model and the peak matmul.')
 _PULSEDB_GB = flags.DEFINE_list('pulsedb_gb', ['0.5', '3', '6'],
@@ -190,6 +201,16 @@ def _torch_train_seconds(torch, module, batch: dict) -> float:
   return median_seconds(step, signals, repeats=_REPEATS.value)
 
 
+def _prepare_in_child(options, output_dir: str, workers: int, queue) -> None:
+  """In a fresh process: the Beam windowing + TFDS write, timed, with peak memory."""
+  start = time.perf_counter()
+  summary, _ = tfds_builders.prepare_dataset(options, output_dir, progress=False,
+                                             pipeline_options=beam_prepare.beam_options(workers))
+  queue.put({'seconds': time.perf_counter() - start, 'windows': summary['candidate_windows'],
+             'rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             'worker_rss_mib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024})
+
+
 def bench_data():
   options = prepare.PrepareOptions(cohort=synthetic.CohortConfig(
       num_subjects=_SUBJECTS.value, minutes_per_subject=10.0))
@@ -198,7 +219,7 @@ def bench_data():
     start = time.perf_counter()
     prepared = prepare.prepare(options, progress=False)
     seconds = time.perf_counter() - start
-    rows.append({'stage': 'synthetic: generate + window + label',
+    rows.append({'stage': 'synthetic: generate + window + label (1 process)',
                  'rate': len(prepared.candidates) / seconds, 'unit': 'windows/s'})
     records_dir = os.path.join(tmp, 'wfdb')
     os.makedirs(records_dir)
@@ -208,11 +229,30 @@ def bench_data():
     from_files = prepare.prepare(dataclasses.replace(options, source='mimic3',
                                                      input_dir=records_dir), progress=False)
     seconds = time.perf_counter() - start
-    rows.append({'stage': 'WFDB records: read + window + label',
+    rows.append({'stage': 'WFDB records: read + window + label (1 process)',
                  'rate': len(from_files.candidates) / seconds, 'unit': 'windows/s'})
-    tfds_builders.build(options, os.path.join(tmp, 'tfds'), prepared=prepared)
-    batches = pipeline.train_batches(pipeline.load_builder(os.path.join(tmp, 'tfds')),
-                                     _BATCH.value, seed=0)
+    context = multiprocessing.get_context('spawn')
+    for windows in map(int, _DATA_WINDOWS.value):
+      for workers in map(int, _DATA_WORKERS.value):
+        # 10-minute subjects give 60 candidate windows each.
+        cohort = synthetic.CohortConfig(num_subjects=max(1, windows // 60),
+                                        minutes_per_subject=10.0)
+        output_dir = os.path.join(tmp, f'beam_{windows}_{workers}')
+        queue = context.Queue()
+        child = context.Process(target=_prepare_in_child, args=(
+            dataclasses.replace(options, cohort=cohort), output_dir, workers, queue))
+        child.start()
+        result = queue.get()
+        child.join()
+        rows.append({'stage': f'prepare_data (Beam + TFDS), {result["windows"]} windows, '
+                              f'{workers} worker(s)',
+                     'rate': result['windows'] / result['seconds'], 'unit': 'windows/s',
+                     'seconds': result['seconds'], 'peak_rss_mib': result['rss_mib'],
+                     'worker_peak_rss_mib': result['worker_rss_mib']})
+        if (windows, workers) != (int(_DATA_WINDOWS.value[0]), int(_DATA_WORKERS.value[0])):
+          shutil.rmtree(output_dir)
+    first = os.path.join(tmp, f'beam_{_DATA_WINDOWS.value[0]}_{_DATA_WORKERS.value[0]}')
+    batches = pipeline.train_batches(pipeline.load_builder(first), _BATCH.value, seed=0)
     next(batches)
     count = 50
     start = time.perf_counter()

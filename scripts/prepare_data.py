@@ -14,16 +14,20 @@ Writes into --output: the TFDS dataset (<builder>/<config>/<version>/), summary.
 (records read and failed, windows kept, rejects by reason, subjects and windows per
 split) and windows.csv (one row per candidate window with its verdict and split).
 Records that cannot be read are named with the reason and skipped.
+
+Records are windowed with Apache Beam, one record per task, and stream to the dataset:
+--workers N runs N local processes; --beam_options runs the same pipeline on Dataflow,
+Flink or Spark (README: "Preparing data at scale").
 """
 
 import os
-import shutil
 import sys
 
+import tensorflow as tf
 from absl import flags
 
 from cerebro_jax import cli
-from input_pipeline import (mimic3, prepare, pulsedb, pulsedb_plan, splits, synthetic,
+from input_pipeline import (beam_prepare, mimic3, prepare, pulsedb, pulsedb_plan, splits, synthetic,
                             tfds_builders, vitaldb_files)
 
 _SOURCE = flags.DEFINE_enum('source', 'synthetic', prepare.SOURCES, 'Where the records come from.')
@@ -65,6 +69,14 @@ _ECG_TRACK = flags.DEFINE_string('ecg_track', vitaldb_files.TrackNames.ecg, 'Vit
 _PPG_TRACK = flags.DEFINE_string('ppg_track', vitaldb_files.TrackNames.ppg, 'VitalDB PPG track.')
 _ABP_TRACK = flags.DEFINE_string('abp_track', vitaldb_files.TrackNames.abp,
                                  'VitalDB arterial pressure track.')
+_WORKERS = flags.DEFINE_integer(
+    'workers', 1, 'Local processes that window the records (Apache Beam\'s DirectRunner; 1: '
+    'this process). Not used for pulsedb, which streams in this process.', lower_bound=1)
+_BEAM_OPTIONS = flags.DEFINE_string(
+    'beam_options', '', 'Apache Beam pipeline options, passed through as one string, e.g. '
+    '"--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp '
+    '--extra_package=dist/cerebro_bp-0.1.0.tar.gz" (see the README); with a --runner, '
+    '--workers is not used. --output must then be storage the workers can write to.')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing dataset in --output.')
 
 
@@ -115,15 +127,16 @@ def main(argv):
   try:
     options = options_from_flags()
     builder_dir = os.path.join(_OUTPUT.value, tfds_builders.BUILDERS[options.source].name)
-    if os.path.exists(builder_dir):
+    if tf.io.gfile.exists(builder_dir):
       if not _OVERWRITE.value:
         raise FileExistsError(f'{builder_dir} exists; pass --overwrite to replace it')
-      shutil.rmtree(builder_dir)
-    prepared, dataset_dir = tfds_builders.prepare_dataset(options, _OUTPUT.value)
+      tf.io.gfile.rmtree(builder_dir)
+    summary, dataset_dir = tfds_builders.prepare_dataset(
+        options, _OUTPUT.value,
+        pipeline_options=beam_prepare.beam_options(_WORKERS.value, _BEAM_OPTIONS.value))
   except (FileNotFoundError, FileExistsError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  summary = prepared.summary()
   print_summary(summary)
   reports = ', '.join(os.path.join(_OUTPUT.value, f) for f in ('summary.json', 'windows.csv'))
   if dataset_dir is None:

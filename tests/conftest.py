@@ -25,5 +25,5 @@ def tiny_dataset(tmp_path_factory) -> str:
   options = prepare.PrepareOptions(cohort=synthetic.CohortConfig(num_subjects=5,
                                                                  minutes_per_subject=1))
   data_dir = str(tmp_path_factory.mktemp('tiny_dataset'))
-  tfds_builders.build(options, data_dir, prepared=prepare.prepare(options, progress=False))
+  tfds_builders.prepare_dataset(options, data_dir, progress=False)
   return data_dir

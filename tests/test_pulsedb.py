@@ -82,8 +82,8 @@ def subsets(tmp_path_factory):
   out = tmp_path_factory.mktemp('pulsedb_out')
   options = prepare.PrepareOptions(source='pulsedb', input_dir=str(folder), protocol='pulsedb',
                                    pulsedb=pulsedb_plan.PulseDbOptions(validation_fraction=0.25))
-  plan, dataset_dir = tfds_builders.prepare_dataset(options, str(out), progress=False)
-  return folder, out, written, plan, pipeline.load_builder(str(out))
+  summary, _ = tfds_builders.prepare_dataset(options, str(out), progress=False)
+  return folder, out, written, summary, pipeline.load_builder(str(out))
 
 
 def test_written_files_have_matlab_v73_layout(subsets):
@@ -106,7 +106,7 @@ def test_written_files_have_matlab_v73_layout(subsets):
 
 
 def test_official_splits_hold_exactly_the_good_rows(subsets):
-  _, out, written, plan, builder = subsets
+  _, out, written, _, builder = subsets
   assert tfds_builders.protocol_of(builder) == 'pulsedb'
   assert set(builder.info.splits) == {'train', 'validation', 'test_calbased', 'test_calfree',
                                       'test_aami', 'calibration_aami'}
@@ -143,7 +143,7 @@ def test_official_splits_hold_exactly_the_good_rows(subsets):
 
 
 def test_reports_count_every_reject_and_split(subsets):
-  _, out, written, plan, builder = subsets
+  _, out, written, _, builder = subsets
   summary = json.loads((out / 'summary.json').read_text())
   assert summary['source'] == 'pulsedb' and summary['protocol'] == 'pulsedb'
   assert summary['pulsedb']['kind'] == 'subset' and summary['records_failed'] == 0
@@ -212,8 +212,7 @@ def test_segment_files_of_both_sources_keep_colliding_ids_apart(tmp_path):
   written = _segment_folder(tmp_path / 'in', np.random.default_rng(2))
   options = prepare.PrepareOptions(source='pulsedb', input_dir=str(tmp_path / 'in'),
                                    protocol='random', fractions=(1.0, 0.0, 0.0))
-  plan, _ = tfds_builders.prepare_dataset(options, str(tmp_path / 'out'), progress=False)
-  summary = plan.summary()
+  summary, _ = tfds_builders.prepare_dataset(options, str(tmp_path / 'out'), progress=False)
   assert summary['records_failed'] == 1 and 'p000002.mat' in summary['failures'][0]['record']
   assert summary['rejects']['empty'] == 1 and summary['windows_kept'] == 7
   examples = _examples(pipeline.load_builder(str(tmp_path / 'out')), 'train')
@@ -314,7 +313,7 @@ def test_prepare_data_command_on_pulsedb(subsets, tmp_path):
   assert result.returncode == 1 and 'Traceback' not in result.stderr
   assert 'no PulseDB files found' in result.stderr
   with pytest.raises(ValueError, match='use it with --source pulsedb'):  # records: no such split
-    splits.make_split('pulsedb', ['s1', 's2'], (0.8, 0.1, 0.1), 42)
+    splits.make_split('pulsedb', ['s1', 's2'], ['k1', 'k2'], (0.8, 0.1, 0.1), 42)
 
 
 def test_subset_reading_memory_is_bounded_by_the_block(subsets):

@@ -148,7 +148,7 @@ def test_prepare_skips_bad_records_and_goes_on(tmp_path, clean):
   _write(tmp_path, 'no_abp', {'II': record.ecg[0], 'PLETH': record.ppg})
   prepared = prepare.prepare(prepare.PrepareOptions(source='mimic3', input_dir=str(tmp_path),
                                                     protocol='random'), progress=False)
-  assert prepared.records_read == 1 and len(prepared.sbp) == len(labels)
+  assert prepared.summary()['records_read'] == 1 and len(prepared.sbp) == len(labels)
   [(name, reason)] = prepared.failures
   assert name.endswith('no_abp') and 'missing a required signal: ABP' in reason
 

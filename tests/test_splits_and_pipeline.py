@@ -33,22 +33,30 @@ def test_a_leak_is_caught():
                                              'test': np.array([1, 3])})
 
 
-def test_random_split_is_80_10_10_and_mixes_subjects():
+def test_random_split_is_80_10_10_by_key_hash_and_mixes_subjects():
   subjects = np.repeat(['a', 'b', 'c', 'd'], 250)
-  split = splits.random_split(len(subjects))
-  assert [len(split[k]) for k in splits.SPLITS] == [800, 100, 100]
+  keys = [f'{s}:{i}' for i, s in enumerate(subjects)]
+  split = splits.random_split(keys)
+  counts = [len(split[k]) for k in splits.SPLITS]
+  assert sum(counts) == 1000 and abs(counts[0] - 800) < 40 and abs(counts[2] - 100) < 30
   assert set(subjects[split['train']]) == set(subjects[split['test']]) == set('abcd')
-  np.testing.assert_array_equal(splits.random_split(1000)['test'], split['test'])
-  assert not np.array_equal(splits.random_split(1000, seed=1)['test'], split['test'])
+  np.testing.assert_array_equal(splits.random_split(keys)['test'], split['test'])
+  assert not np.array_equal(splits.random_split(keys, seed=1)['test'], split['test'])
+  # A window's split is its own: the same in any order, in any company, as hash_split says.
+  reordered = splits.random_split(keys[::-1])
+  assert sorted(999 - reordered['test']) == split['test'].tolist()
+  assert [splits.hash_split(keys[i]) for i in split['validation']] == ['validation'] * counts[1]
 
 
 def test_split_fractions_are_checked_and_small_cohorts_get_every_split():
   with pytest.raises(ValueError, match='summing to 1'):
-    splits.random_split(10, (0.5, 0.2, 0.2))
+    splits.random_split(['a'] * 10, (0.5, 0.2, 0.2))
   split = splits.subject_split([f's{i}' for i in range(5)])
   assert [len(split[k]) for k in splits.SPLITS] == [3, 1, 1]
+  assert splits.assign_subjects(['s3', 's1', 's2', 's0', 's4']) == splits.assign_subjects(
+      [f's{i}' for i in range(5)])
   with pytest.raises(ValueError, match='unknown split protocol'):
-    splits.make_split('by_hospital', ['a'], (1, 0, 0), 0)
+    splits.make_split('by_hospital', ['a'], ['a'], (1, 0, 0), 0)
 
 
 @pytest.fixture(scope='module')
@@ -58,7 +66,7 @@ def dataset(tmp_path_factory):
                                                                  minutes_per_subject=1))
   prepared = prepare.prepare(options, progress=False)
   data_dir = tmp_path_factory.mktemp('data')
-  tfds_builders.build(options, str(data_dir), prepared=prepared)
+  tfds_builders.prepare_dataset(options, str(data_dir), progress=False)
   return pipeline.load_builder(str(data_dir)), prepared
 
 
@@ -71,15 +79,21 @@ def test_dataset_holds_every_accepted_window_in_its_split(dataset):
   assert not (subjects['train'] & subjects['test'] or subjects['train'] & subjects['validation'])
 
 
-def test_train_batches_are_deterministic_per_seed(dataset):
-  builder, _ = dataset
-  take = lambda seed: [next(it) for it in [pipeline.train_batches(builder, 8, seed)]
-                       for _ in range(6)]
+@pytest.mark.parametrize('cache', [False, True])
+def test_train_batches_are_deterministic_per_seed(dataset, cache):
+  builder, prepared = dataset
+  batches = len(prepared.split['train']) // 8  # one pass over the split
+  take = lambda seed: [next(it) for it in [pipeline.train_batches(builder, 8, seed, cache=cache)]
+                       for _ in range(batches)]
   first, again, other = take(0), take(0), take(1)
   assert first[0]['signals'].shape == (8, 2, 1250) and first[0]['signals'].dtype == np.float32
   assert all(np.array_equal(a['sbp'], b['sbp']) and np.array_equal(a['signals'], b['signals'])
              for a, b in zip(first, again))
   assert not all(np.array_equal(a['sbp'], b['sbp']) for a, b in zip(first, other))
+  # One pass is a permutation of the split (the buffer holds it all), cached or not.
+  seen = np.sort(np.concatenate([b['sbp'] for b in first]))
+  assert len(np.unique(seen)) == len(seen)
+  assert set(seen) <= set(prepared.sbp[prepared.split['train']])
 
 
 def test_train_batches_of_several_devices_do_not_depend_on_the_processes(dataset):

@@ -123,7 +123,7 @@ def test_bp_is_learnable_and_seen_subjects_are_easier():
   for protocol in ('subject', 'random'):
     ratios = []
     for seed in (1, 2, 3):
-      split = splits.make_split(protocol, prepared.subject, (0.7, 0.0, 0.3), seed)
+      split = splits.make_split(protocol, prepared.subject, prepared.key, (0.7, 0.0, 0.3), seed)
       train, test = split['train'], split['test']
       w = np.linalg.solve(x[train].T @ x[train] + 30 * np.eye(x.shape[1]),
                           x[train].T @ (y[train] - y[train].mean(0)))

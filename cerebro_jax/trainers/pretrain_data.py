@@ -41,8 +41,9 @@ def _eval_rows(signals: np.ndarray, mask: np.ndarray, batch_size: int) -> Iterat
 class PreparedWindows:
   """A prepared window dataset (TFDS): 2 channels (ECG, PPG) x 1250 samples."""
 
-  def __init__(self, builder):
+  def __init__(self, builder, cache: bool = False):
     self.builder = builder
+    self.cache = cache  # keep the training split in memory (pipeline.train_batches)
     self.train_size = builder.info.splits['train'].num_examples
     self.held_out = datasets.eval_splits((), builder)
     self.describe = f'{builder.data_dir} ({self.train_size} training windows)'
@@ -53,7 +54,7 @@ class PreparedWindows:
   def train_batches(self, batch_size: int, seed: int, shards, num_shards: int,
                     shuffle_buffer: int) -> Iterator[dict]:
     for batch in pipeline.train_batches(self.builder, batch_size, seed, shards, num_shards,
-                                        shuffle_buffer=shuffle_buffer):
+                                        shuffle_buffer=shuffle_buffer, cache=self.cache):
       signals = batch['signals']
       yield {'signals': signals, 'channel_mask': np.ones(signals.shape[:2], bool)}
 
@@ -117,4 +118,4 @@ def from_config(data_config, workdir: str):
         window_seconds=data_config.window_seconds, normalisation=data_config.normalisation,
         pad_channels=data_config.pad_channels,
         validation_fraction=data_config.validation_fraction))
-  return PreparedWindows(datasets.get_builder(data_config, workdir))
+  return PreparedWindows(datasets.get_builder(data_config, workdir), data_config.cache)

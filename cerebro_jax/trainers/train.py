@@ -124,7 +124,7 @@ def train_and_evaluate(config, workdir: str,
       model_config=model_config, train_step=train_step,
       batches=lambda seed: pipeline.train_batches(
           builder, config.batch_size, seed, shards, num_shards,
-          shuffle_buffer=config.data.shuffle_buffer),
+          shuffle_buffer=config.data.shuffle_buffer, cache=config.data.cache),
       steps_per_epoch=steps_per_epoch,
       validate=lambda p: evaluation.mse(evaluation.predict_split(
           p, model_config, builder, 'validation', config.eval_batch_size, mesh)),
