@@ -5,6 +5,12 @@ import pathlib
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# One persistent compilation cache for the test processes, their subprocesses and later
+# runs: the suite compiles the same small models in many processes. Compiled programs
+# give the same results as fresh compiles, so no test depends on the cache being warm.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(
+    pathlib.Path(__file__).resolve().parents[1] / '.pytest_cache' / 'jax_compilation'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 
 import pytest  # pylint: disable=wrong-import-position
 
