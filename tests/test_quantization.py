@@ -182,7 +182,7 @@ def test_quantized_model_predicts_real_windows_close_to_float(model, real_data, 
 
 
 def test_quantize_command_compares_accuracy_and_refuses_bad_input(tmp_path, tiny_dataset):
-  config = ModelConfig.from_size('small', depth=2)  # the whole size is tested above
+  config = ModelConfig.from_size('small', depth=1)  # the whole size is tested above
   params = _spread(config)
   float_dir = checkpoints.save_model(tmp_path / 'float', params, config)
   command = [sys.executable, 'scripts/quantize.py', f'--checkpoint={float_dir}',

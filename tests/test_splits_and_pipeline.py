@@ -161,31 +161,26 @@ def test_prepare_data_command_writes_dataset_and_reports(tmp_path):
   assert again.returncode == 1 and '--overwrite' in again.stderr
 
 
-def test_prepare_data_command_reports_bad_records(tmp_path):
+def test_prepare_data_command_names_bad_records_and_suggests_fallback_leads(tmp_path):
+  """A record that cannot be read and one without lead II: both named with the reason,
+  no window, a hint about --ecg_leads, no traceback (one command for both)."""
   (tmp_path / 'in').mkdir()
   (tmp_path / 'in' / 'broken.hea').write_text('broken 3 125 1000\nbroken.dat 16 1 16 0 0 0 0 II\n')
-  result = run_prepare('--source=mimic3', f'--input={tmp_path / "in"}',
-                       f'--output={tmp_path / "out"}')
-  assert result.returncode == 1 and 'Traceback' not in result.stderr
-  assert 'skipped' in result.stdout and 'broken' in result.stdout
-  assert 'no window passed the quality checks' in result.stderr
-  result = run_prepare('--source=vitaldb', f'--input={tmp_path / "nowhere"}',
-                       f'--output={tmp_path / "out2"}')
-  assert result.returncode == 1 and 'input folder not found' in result.stderr
-
-
-def test_no_window_message_names_the_records_and_suggests_fallback_leads(tmp_path):
   record, _ = synthetic.subject(0, synthetic.CohortConfig(minutes_per_subject=0.5))
-  (tmp_path / 'in').mkdir()
   lead_v = dataclasses.replace(record, record='p000077-v_only', leads=('V',))
   mimic3.write_record(lead_v, str(tmp_path / 'in'))
   result = run_prepare('--source=mimic3', f'--input={tmp_path / "in"}',
                        f'--output={tmp_path / "out"}')
   assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert 'skipped' in result.stdout and 'broken' in result.stdout
   assert 'no window passed the quality checks' in result.stderr
-  assert '1 of 1 input(s) could not be used' in result.stderr
+  assert '2 of 2 input(s) could not be used' in result.stderr
   assert 'p000077-v_only: missing a required signal: ECG (looked for II)' in result.stderr
   assert '--ecg_leads=II,I,III,V' in result.stderr
+  # A missing folder: FileNotFoundError, which the command prints as an error (exit 1).
+  with pytest.raises(FileNotFoundError, match='input folder not found'):
+    prepare.record_tasks(prepare.PrepareOptions(source='vitaldb',
+                                                input_dir=str(tmp_path / 'nowhere')))
   again = prepare.prepare(prepare.PrepareOptions(
       source='mimic3', input_dir=str(tmp_path / 'in'),
       channels=mimic3.ChannelNames(ecg_leads=('II', 'V'))), progress=False)
