@@ -10,7 +10,8 @@
          scripts/prepare_data.py runs it (Beam windowing + TFDS write) of a synthetic
          cohort of that many windows in a fresh process: windows/s, seconds and peak
          resident memory of the process and of its largest worker; then the tf.data
-         training pipeline's batches per second at --batch.
+         training pipeline's batches per second at --batch, streamed from disk and with
+         config.data.cache (after the pass that fills it).
   quant  For each size and runtime (--runtimes), on the same weights: forward latency at
          batch 1 (ms), throughput at --batch (windows/s) and the size of the shipped file
          (MiB) of each format. JAX: float32, weight-only INT8, dynamic and static INT8
@@ -40,6 +41,7 @@
 --json prints one JSON object instead of the table. Run on an idle machine.
 """
 
+import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -48,6 +50,7 @@ import platform
 import resource
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 
@@ -204,8 +207,9 @@ def _torch_train_seconds(torch, module, batch: dict) -> float:
 def _prepare_in_child(options, output_dir: str, workers: int, queue) -> None:
   """In a fresh process: the Beam windowing + TFDS write, timed, with peak memory."""
   start = time.perf_counter()
-  summary, _ = tfds_builders.prepare_dataset(options, output_dir, progress=False,
-                                             pipeline_options=beam_prepare.beam_options(workers))
+  with contextlib.redirect_stdout(sys.stderr):  # TFDS prints; stdout is for the figures
+    summary, _ = tfds_builders.prepare_dataset(
+        options, output_dir, progress=False, pipeline_options=beam_prepare.beam_options(workers))
   queue.put({'seconds': time.perf_counter() - start, 'windows': summary['candidate_windows'],
              'rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
              'worker_rss_mib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024})
@@ -251,15 +255,20 @@ def bench_data():
                      'worker_peak_rss_mib': result['worker_rss_mib']})
         if (windows, workers) != (int(_DATA_WINDOWS.value[0]), int(_DATA_WORKERS.value[0])):
           shutil.rmtree(output_dir)
-    first = os.path.join(tmp, f'beam_{_DATA_WINDOWS.value[0]}_{_DATA_WORKERS.value[0]}')
-    batches = pipeline.train_batches(pipeline.load_builder(first), _BATCH.value, seed=0)
-    next(batches)
-    count = 50
-    start = time.perf_counter()
-    for _ in range(count):
-      next(batches)
-    rows.append({'stage': f'tf.data train batches of {_BATCH.value}',
-                 'rate': count / (time.perf_counter() - start), 'unit': 'batches/s'})
+    builder = pipeline.load_builder(
+        os.path.join(tmp, f'beam_{_DATA_WINDOWS.value[0]}_{_DATA_WORKERS.value[0]}'))
+    for cache in (False, True):
+      batches = pipeline.train_batches(builder, _BATCH.value, seed=0, cache=cache)
+      # Cached: after one pass, which fills the cache.
+      for _ in range(builder.info.splits['train'].num_examples // _BATCH.value if cache else 1):
+        next(batches)
+      count = 50
+      start = time.perf_counter()
+      for _ in range(count):
+        next(batches)
+      rows.append({'stage': f'tf.data train batches of {_BATCH.value}, '
+                            f'{"cached in memory" if cache else "streamed from disk"}',
+                   'rate': count / (time.perf_counter() - start), 'unit': 'batches/s'})
   return rows
 
 
