@@ -188,7 +188,7 @@ def merge_report(work_dir: str, csv_path: str) -> None:
   files = [FileSystems.open(p, compression_type=CompressionTypes.UNCOMPRESSED) for p in shards]
   try:
     with FileSystems.create(csv_path) as out:
-      out.write((','.join(REPORT_COLUMNS) + '\r\n').encode())
+      out.write(_csv_text([REPORT_COLUMNS]).encode())
       for _, shard, offset in where:
         files[shard].seek(offset)
         rows = json.loads(files[shard].readline().split(b'\t', 1)[1])

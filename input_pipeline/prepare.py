@@ -179,13 +179,7 @@ class Summary:
   def to_dict(self, options: PrepareOptions) -> dict:
     """summary.json; checks that no subject is in two splits under the subject protocol."""
     if options.protocol == 'subject':
-      seen = {}
-      for split in sorted(self.subjects):
-        for subject in self.subjects[split]:
-          if subject in seen:
-            raise splits.SubjectLeakError(f'subject {subject} is in both {seen[subject]} '
-                                          f'and {split}')
-          seen[subject] = split
+      splits.check_disjoint({name: self.subjects.get(name, set()) for name in splits.SPLITS})
     return {
         'source': options.source, 'input_dir': options.input_dir,
         'protocol': options.protocol, 'fractions': list(options.fractions),

@@ -88,18 +88,26 @@ def subject_split(subjects, fractions=(0.8, 0.1, 0.1), seed: int = 42):
   """
   subjects = np.asarray(subjects, str)
   of = assign_subjects(subjects, fractions, seed)
-  names = np.array([of[s] for s in subjects] or [''], object)[:len(subjects)]
+  names = np.array([of[s] for s in subjects], object)
   split = {name: np.flatnonzero(names == name) for name in SPLITS}
   check_subject_disjoint(subjects, split)
   return split
 
 
 def check_subject_disjoint(subjects, split) -> None:
-  """Raises SubjectLeakError if any subject has windows in two splits."""
+  """Raises SubjectLeakError if any subject has windows in two splits.
+
+  subjects: (N,) subject of each window; split: {name: indices into the N windows}.
+  """
   subjects = np.asarray(subjects)
+  check_disjoint({name: set(subjects[indices].tolist()) for name, indices in split.items()})
+
+
+def check_disjoint(subjects_of: dict) -> None:
+  """Raises SubjectLeakError if a subject is in two of the sets {split: subjects}."""
   seen = {}
-  for name, indices in split.items():
-    for subject in np.unique(subjects[indices]):
+  for name, subjects in subjects_of.items():
+    for subject in sorted(subjects):
       if subject in seen:
         raise SubjectLeakError(f'subject {subject} is in both {seen[subject]} and {name}')
       seen[subject] = name

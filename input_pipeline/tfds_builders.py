@@ -56,7 +56,7 @@ def protocol_of(builder: tfds.core.DatasetBuilder) -> str:
 
 class _WindowsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Shared logic: writes the windows that input_pipeline/beam_prepare.py left in
-  `windows_dir`, with Apache Beam (`build` runs both steps)."""
+  `windows_dir` (prepare_dataset runs both steps), with Beam on a distributed runner."""
 
   VERSION = tfds.core.Version('2.0.0')
   RELEASE_NOTES = {'1.0.0': 'First release.',

@@ -27,8 +27,8 @@ import tensorflow as tf
 from absl import flags
 
 from cerebro_jax import cli
-from input_pipeline import (beam_prepare, mimic3, prepare, pulsedb, pulsedb_plan, splits, synthetic,
-                            tfds_builders, vitaldb_files)
+from input_pipeline import (beam_prepare, mimic3, prepare, pulsedb, pulsedb_plan, splits,
+                            synthetic, tfds_builders, vitaldb_files)
 
 _SOURCE = flags.DEFINE_enum('source', 'synthetic', prepare.SOURCES, 'Where the records come from.')
 _INPUT = flags.DEFINE_string('input', None, 'Folder of records (WFDB for mimic3, .vital for '
