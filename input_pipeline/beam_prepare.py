@@ -1,14 +1,17 @@
-"""Records -> windows with Apache Beam: every record on some worker, nothing held whole.
+"""A windowing job -> windows with Apache Beam: every unit on some worker, nothing held whole.
 
-The unit of parallel work is a record (`prepare.RecordTask`: names only, listed up
-front); each is mapped through `prepare.process_record` (read, window, judge, split) on
-whichever worker Beam gives it. Its outputs stream to files in a work folder:
+The unit of parallel work is a record (MIMIC-III, VitalDB, the synthetic cohort) or a
+block of PulseDB segments, listed up front from names by the source's job
+(`prepare.window_job`, input_pipeline/jobs.py); each is mapped through the job's pure
+`process` (read, window, judge, split) on whichever worker Beam gives it. Its outputs
+stream to files in a work folder:
 
-  <split>/windows-*.tfrecord   accepted windows of each split (`encode_window`)
-  report/rows-*                windows.csv rows, one line per record, for `merge_report`
-  summary.json                 `prepare.Summary` combined over records (Beam combiner); it
-                               also checks, under the subject protocol, that no subject
-                               has windows in two splits (SubjectLeakError otherwise)
+  <split>/windows-*.tfrecord   accepted windows of each split (`encode_example`)
+  report/rows-*                windows.csv rows, one line per unit, for `merge_report`
+  summary.json                 `jobs.Summary` combined over units (Beam combiner), made
+                               summary.json by the job, which also checks that no
+                               subject has windows in two splits where the protocol keeps
+                               subjects apart (SubjectLeakError otherwise)
 
 The TFDS builders (input_pipeline/tfds_builders.py) then write the non-empty splits'
 windows as the dataset: on a distributed runner in a second Beam pipeline, locally by
@@ -41,12 +44,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from tqdm import tqdm
 
-from input_pipeline import prepare, splits
+from input_pipeline import jobs, prepare
 from input_pipeline.windows import REPORT_COLUMNS
 
 _REPORT = 'report'
 _SUMMARY = 'summary'
-_TEXT_FIELDS = ('subject', 'record', 'source', 'lead')
 
 
 def beam_options(workers: int = 1, extra: str = '') -> PipelineOptions:
@@ -61,48 +63,48 @@ def beam_options(workers: int = 1, extra: str = '') -> PipelineOptions:
   return PipelineOptions(args)
 
 
-def encode_window(key: str, window: prepare.Window) -> bytes:
-  """One accepted window as bytes: a JSON line of its key and labels, then its signals
-  (2, 1250) float32 little-endian. Floats survive the round trip exactly."""
-  head = {'key': key, 'sbp': float(window.sbp_mmhg), 'dbp': float(window.dbp_mmhg),
-          'start_s': float(window.start_s), **{f: getattr(window, f) for f in _TEXT_FIELDS}}
-  return json.dumps(head).encode() + b'\n' + window.signals.astype('<f4').tobytes()
+def encode_example(key: str, example: dict) -> bytes:
+  """One accepted window (the dataset's features) as bytes: a JSON line of its key,
+  numbers and texts, then its signals (2, 1250) float32 little-endian. Floats survive the
+  round trip exactly (as float32, what the dataset stores)."""
+  head = {'key': key, **{k: float(v) if isinstance(v, (float, np.floating)) else str(v)
+                         for k, v in example.items() if k != 'signals'}}
+  return json.dumps(head).encode() + b'\n' + np.asarray(example['signals'], '<f4').tobytes()
 
 
-def decode_window(data: bytes) -> tuple[str, dict]:
-  """(key, example) of `encode_window`'s bytes, as the TFDS builders' features want it."""
+def decode_example(data: bytes) -> tuple[str, dict]:
+  """(key, example) of `encode_example`'s bytes, as the TFDS builders' features want it."""
   head, signals = data.split(b'\n', 1)
   head = json.loads(head)
   return head.pop('key'), {
       'signals': np.frombuffer(signals, '<f4').reshape(2, 1250).astype(np.float32),
-      'sbp': np.float32(head.pop('sbp')), 'dbp': np.float32(head.pop('dbp')),
-      'start_s': np.float32(head.pop('start_s')), **head}
+      **{k: np.float32(v) if isinstance(v, float) else v for k, v in head.items()}}
 
 
-class _ProcessRecords(beam.DoFn):
-  """RecordTask -> accepted windows (tagged by split), its report line and its Summary."""
+class _ProcessUnits(beam.DoFn):
+  """Unit of work -> accepted windows (tagged by split), its report line and Summary."""
 
-  def __init__(self, options: prepare.PrepareOptions, total: int, progress: bool):
-    self._options = options
-    self._total = total
+  def __init__(self, job: jobs.WindowJob, desc: str, progress: bool):
+    self._process = job.process
+    self._total = len(job.units)
+    self._unit = job.unit
+    self._desc = desc
     self._progress = progress
     self._bar = None
 
   def setup(self):
-    self._bar = tqdm(total=self._total, unit='record', smoothing=0.1, disable=not self._progress,
-                     desc=f'{self._options.source} records (worker {os.getpid()})')
+    self._bar = tqdm(total=self._total, unit=self._unit, smoothing=0.1,
+                     disable=not self._progress, desc=f'{self._desc} (worker {os.getpid()})')
 
-  def process(self, task: prepare.RecordTask):
-    result = prepare.process_record(task, self._options)
-    for window, split in zip(result.windows, result.splits):
-      if split:
-        yield beam.pvalue.TaggedOutput(split, encode_window(prepare.window_key(task, window),
-                                                            window))
-    rows = json.dumps(prepare.report_rows(result))
-    yield beam.pvalue.TaggedOutput(_REPORT, f'{task.index}\t{rows}')
-    yield beam.pvalue.TaggedOutput(_SUMMARY, prepare.Summary().add(result))
+  def process(self, unit):
+    result = self._process(unit)
+    for split, key, example in result.examples():
+      yield beam.pvalue.TaggedOutput(split, encode_example(key, example))
+    rows = json.dumps(result.report_rows())
+    yield beam.pvalue.TaggedOutput(_REPORT, f'{unit.index}\t{rows}')
+    yield beam.pvalue.TaggedOutput(_SUMMARY, jobs.Summary().add(result))
     self._bar.update(1)
-    self._bar.set_postfix(failed=None if not result.failure else task.name)
+    self._bar.set_postfix(failed=None if not result.failure else unit.name)
 
   def teardown(self):
     if self._bar is not None:
@@ -110,16 +112,16 @@ class _ProcessRecords(beam.DoFn):
 
 
 class _CombineSummaries(beam.CombineFn):
-  """Merges per-record `prepare.Summary`s."""
+  """Merges per-unit `jobs.Summary`s."""
 
   def create_accumulator(self):
-    return prepare.Summary()
+    return jobs.Summary()
 
   def add_input(self, accumulator, summary):
     return accumulator.merge(summary)
 
   def merge_accumulators(self, accumulators):
-    merged = prepare.Summary()
+    merged = jobs.Summary()
     for accumulator in accumulators:
       merged.merge(accumulator)
     return merged
@@ -135,24 +137,26 @@ def _write_json(value: dict, path: str) -> None:
 
 def write_windows(options: prepare.PrepareOptions, work_dir: str,
                   pipeline_options: PipelineOptions | None = None, progress: bool = True) -> dict:
-  """Runs the windowing pipeline over every record of `options` into `work_dir` (see the
-  module docstring); returns the summary (summary.json's content)."""
-  tasks = prepare.record_tasks(options)
+  """Runs the windowing pipeline over every unit of `options`' source into `work_dir` (see
+  the module docstring); returns the summary (summary.json's content)."""
+  job = prepare.window_job(options)
   summary_path = os.path.join(work_dir, 'summary.json')
+  summarise = job.summarise  # the lambda below must not carry the units with it
   with beam.Pipeline(options=pipeline_options or beam_options()) as pipeline:
     outputs = (pipeline
-               | 'Records' >> beam.Create(tasks)
+               | 'Units' >> beam.Create(job.units)
                | 'Spread' >> beam.Reshuffle()
-               | 'Windows' >> beam.ParDo(_ProcessRecords(options, len(tasks), progress))
-               .with_outputs(*splits.SPLITS, _REPORT, _SUMMARY))
-    for split in splits.SPLITS:
+               | 'Windows' >> beam.ParDo(_ProcessUnits(job, f'{options.source} {job.unit}s',
+                                                      progress))
+               .with_outputs(*job.split_names, _REPORT, _SUMMARY))
+    for split in job.split_names:
       _ = outputs[split] | f'Write_{split}' >> beam.io.WriteToTFRecord(
           os.path.join(work_dir, split, 'windows'), file_name_suffix='.tfrecord')
     _ = outputs[_REPORT] | 'WriteReport' >> beam.io.WriteToText(
         os.path.join(work_dir, _REPORT, 'rows'))
     _ = (outputs[_SUMMARY]
          | 'Summarise' >> beam.CombineGlobally(_CombineSummaries())
-         | 'SummaryJson' >> beam.Map(lambda s: _write_json(s.to_dict(options), summary_path)))
+         | 'SummaryJson' >> beam.Map(lambda s: _write_json(summarise(s), summary_path)))
   with FileSystems.open(summary_path) as f:
     return json.load(f)
 

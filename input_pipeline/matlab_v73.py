@@ -71,8 +71,10 @@ def read_string(dataset) -> str:
   return ''.join(map(chr, np.asarray(dataset[()]).ravel()))
 
 
-def read_column(dataset, length: int, name: str) -> np.ndarray:
-  """An N x 1 (or 1 x N) numeric MATLAB array as a (N,) float64 array.
+def read_column(dataset, length: int, name: str, start: int = 0,
+                stop: int | None = None) -> np.ndarray:
+  """Values start..stop of an N x 1 (or 1 x N) numeric MATLAB array of N = `length`
+  values, as a (stop - start,) float64 array (all of them by default).
 
   Raises MatFileError when it is empty or does not hold `length` values.
   """
@@ -81,7 +83,15 @@ def read_column(dataset, length: int, name: str) -> np.ndarray:
   if dataset.ndim != 2 or 1 not in dataset.shape or dataset.size != length:
     raise MatFileError(f'{name} has shape {dataset.shape} in h5py, expected (1, {length}) '
                        f'(MATLAB {length} x 1)')
-  return np.asarray(dataset[()], np.float64).ravel()
+  return np.asarray(column_values(dataset, start, length if stop is None else stop),
+                    np.float64)
+
+
+def column_values(dataset, start: int, stop: int) -> np.ndarray:
+  """Elements start..stop of an N x 1 or 1 x N MATLAB array (numbers or references), as
+  stored, without reading the rest."""
+  return np.asarray(dataset[0, start:stop] if dataset.shape[0] == 1 else
+                    dataset[start:stop, 0]).ravel()
 
 
 def read_strings(file: h5py.File, refs, name: str) -> list[str]:

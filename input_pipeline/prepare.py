@@ -1,29 +1,30 @@
 """A source of records -> accepted windows, their split and a report of what was dropped.
 
 Sources: 'synthetic' (the built-in cohort), 'mimic3' (a folder of WFDB records),
-'vitaldb' (a folder of .vital files); 'pulsedb' (PulseDB's own files, already windowed)
-streams instead, through input_pipeline/pulsedb_plan.py. A record that cannot be read
+'vitaldb' (a folder of .vital files); 'pulsedb' (PulseDB's own files, already windowed:
+blocks of their segments, input_pipeline/pulsedb_plan.py). A record that cannot be read
 is reported by name with the reason and skipped; every candidate window is kept in the
 report with its verdict.
 
 Everything here works one record at a time (`process_record`, a pure function of a
-`RecordTask` and the options): input_pipeline/beam_prepare.py maps it over records with
-Apache Beam to write datasets; `prepare` runs it in this process and keeps the windows
-in memory (10 kB each: 100,000 windows take 1 GB) for small cohorts and tests.
+`RecordTask` and the options): `window_job` hands the records and that function to
+input_pipeline/beam_prepare.py, which maps it over records with Apache Beam to write
+datasets; `prepare` runs it in this process and keeps the windows in memory (10 kB each:
+100,000 windows take 1 GB) for small cohorts and tests.
 """
 
 from __future__ import annotations
 
-import collections
 import csv
 import dataclasses
+import functools
 import json
 import os
 
 import numpy as np
 from tqdm import tqdm
 
-from input_pipeline import mimic3, pulsedb_plan, splits, synthetic, vitaldb_files
+from input_pipeline import jobs, mimic3, pulsedb_plan, splits, synthetic, vitaldb_files
 from input_pipeline.records import Record, RecordError
 from input_pipeline.windows import REJECT_REASONS, REPORT_COLUMNS, QualityRules, Window, windows_of
 
@@ -65,6 +66,23 @@ class RecordResult:
   windows: list[Window]
   splits: list[str]  # per window: its split when accepted, else ''
   failure: str = ''
+
+  def examples(self) -> list[tuple[str, str, dict]]:
+    """(split, window_key, example: the dataset's features) of each accepted window."""
+    return [(split, window_key(self.task, w), {
+        'signals': w.signals, 'sbp': w.sbp_mmhg, 'dbp': w.dbp_mmhg, 'start_s': w.start_s,
+        'subject': w.subject, 'record': w.record, 'source': w.source, 'lead': w.lead})
+            for w, split in zip(self.windows, self.splits) if split]
+
+  def verdicts(self) -> list[tuple[str, str, str]]:
+    """(reject reason or '', split or '', subject) of every candidate window."""
+    return [(w.reject, split, w.subject) for w, split in zip(self.windows, self.splits)]
+
+  def report_rows(self) -> list[list[str]]:
+    """windows.csv rows (REPORT_COLUMNS) of every candidate window."""
+    return [[w.record, w.subject, f'{w.start_s:.3f}', w.lead, f'{w.sbp_mmhg:.3f}',
+             f'{w.dbp_mmhg:.3f}', w.reject or 'accepted', split]
+            for w, split in zip(self.windows, self.splits)]
 
 
 def _subject_of(source: str, path: str) -> str:
@@ -136,62 +154,19 @@ def process_record(task: RecordTask, options: PrepareOptions) -> RecordResult:
   return RecordResult(task, windows, [split_of(w) if w.accepted else '' for w in windows])
 
 
-def report_rows(result: RecordResult) -> list[list[str]]:
-  """windows.csv rows (REPORT_COLUMNS) of one record's candidate windows."""
-  return [[w.record, w.subject, f'{w.start_s:.3f}', w.lead, f'{w.sbp_mmhg:.3f}',
-           f'{w.dbp_mmhg:.3f}', w.reject or 'accepted', split]
-          for w, split in zip(result.windows, result.splits)]
+def window_job(options: PrepareOptions) -> jobs.WindowJob:
+  """The source's windowing job: its records (PulseDB: blocks of its files) and the pure
+  function of each (see input_pipeline/jobs.py)."""
+  if options.source == 'pulsedb':
+    return pulsedb_plan.window_job(options)
+  return jobs.WindowJob(units=record_tasks(options),
+                        process=functools.partial(process_record, options=options),
+                        summarise=functools.partial(_summary, options=options),
+                        split_names=splits.SPLITS, unit='record')
 
 
-@dataclasses.dataclass
-class Summary:
-  """Counts over records, mergeable (a Beam combiner's accumulator): summary.json."""
-  records_read: int = 0
-  failures: list = dataclasses.field(default_factory=list)  # (record index, name, reason)
-  candidates: int = 0
-  rejects: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-  windows: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-  subjects: dict = dataclasses.field(default_factory=dict)  # split -> set of subjects
-
-  def add(self, result: RecordResult) -> 'Summary':
-    if result.failure:
-      self.failures.append((result.task.index, result.task.name, result.failure))
-      return self
-    self.records_read += 1
-    self.candidates += len(result.windows)
-    self.rejects.update(w.reject for w in result.windows if w.reject)
-    for w, split in zip(result.windows, result.splits):
-      if split:
-        self.windows[split] += 1
-        self.subjects.setdefault(split, set()).add(w.subject)
-    return self
-
-  def merge(self, other: 'Summary') -> 'Summary':
-    self.records_read += other.records_read
-    self.failures += other.failures
-    self.candidates += other.candidates
-    self.rejects += other.rejects
-    self.windows += other.windows
-    for split, subjects in other.subjects.items():
-      self.subjects.setdefault(split, set()).update(subjects)
-    return self
-
-  def to_dict(self, options: PrepareOptions) -> dict:
-    """summary.json; checks that no subject is in two splits under the subject protocol."""
-    if options.protocol == 'subject':
-      splits.check_disjoint({name: self.subjects.get(name, set()) for name in splits.SPLITS})
-    return {
-        'source': options.source, 'input_dir': options.input_dir,
-        'protocol': options.protocol, 'fractions': list(options.fractions),
-        'seed': options.seed,
-        'records_read': self.records_read, 'records_failed': len(self.failures),
-        'failures': [{'record': name, 'reason': why} for _, name, why in sorted(self.failures)],
-        'candidate_windows': self.candidates, 'windows_kept': sum(self.windows.values()),
-        'rejects': {reason: self.rejects.get(reason, 0) for reason in REJECT_REASONS},
-        'splits': {name: {'windows': self.windows.get(name, 0),
-                          'subjects': len(self.subjects.get(name, ()))}
-                   for name in splits.SPLITS},
-    }
+def _summary(total: jobs.Summary, options: PrepareOptions) -> dict:
+  return total.to_dict(options, splits.SPLITS, REJECT_REASONS)
 
 
 @dataclasses.dataclass
@@ -213,10 +188,7 @@ class Prepared:
   options: PrepareOptions
 
   def summary(self) -> dict:
-    totals = Summary()
-    for result in self.results:
-      totals.add(result)
-    return totals.to_dict(self.options)
+    return _summary(jobs.total(self.results), self.options)
 
   @property
   def candidates(self) -> list[Window]:
@@ -267,5 +239,5 @@ def write_reports(prepared: Prepared, directory: str) -> tuple[str, str]:
     writer = csv.writer(f)
     writer.writerow(REPORT_COLUMNS)
     for result in prepared.results:
-      writer.writerows(report_rows(result))
+      writer.writerows(result.report_rows())
   return summary_path, csv_path

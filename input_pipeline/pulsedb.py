@@ -166,6 +166,7 @@ def _subset_subjects(path: str) -> np.ndarray:
   with matlab_v73.open_file(path) as f:
     group = _subset_group(f, path)
     keys = matlab_v73.read_strings(f, group['Subject'], f'{path}: Subset.Subject')
+    _signals_dataset(group, len(keys), path)  # the layout, before any signal is read
   bad = [k for k in keys if not _KEY_RE.match(k)]
   if bad:
     raise PulseDbError(f'{path}: subject keys must look like pXXXXXX_0 (MIMIC) or '
@@ -177,28 +178,31 @@ def _subset_blocks(pf: PulseFile, rows: np.ndarray, subjects: np.ndarray,
                    block_size: int, extras: bool) -> Iterator[Block]:
   with matlab_v73.open_file(pf.path) as f:
     group = _subset_group(f, pf.path)
-    count = len(subjects)
+    count = group['Subject'].size
     signals = _signals_dataset(group, count, pf.path)
-    labels = {n: matlab_v73.read_column(group[n], count, f'{pf.path}: Subset.{n}')
-              for n in ('SBP', 'DBP')}
-    numeric = {k: (matlab_v73.read_column(group[m], count, f'{pf.path}: Subset.{m}')
-                   if m in group and not matlab_v73.is_empty(group[m]) else np.full(count, np.nan))
-               for k, m in _MATLAB_NAMES.items() if k != 'gender'}
-    gender_refs = (np.asarray(group['Gender'][()]).ravel()
-                   if extras and 'Gender' in group else None)
+    present = {'SBP', 'DBP', *(m for m in _MATLAB_NAMES.values()
+                                if m in group and not matlab_v73.is_empty(group[m]))}
     for start in range(0, count, block_size):
-      stop = min(start + block_size, count)
-      wanted = rows[(rows >= start) & (rows < stop)]
+      at = slice(*np.searchsorted(rows, [start, start + block_size]))
+      wanted = rows[at]
       if not len(wanted):
         continue
       lo, hi = int(wanted[0]), int(wanted[-1]) + 1  # one contiguous read per block
+
+      def column(name, lo=lo, hi=hi, wanted=wanted):  # only this block's values
+        if name not in present:
+          return np.full(len(wanted), np.nan)
+        return matlab_v73.read_column(group[name], count, f'{pf.path}: Subset.{name}', lo,
+                                      hi)[wanted - lo]
+
       part = np.asarray(signals[:, 0:2, lo:hi], np.float64).transpose(2, 1, 0)[wanted - lo]
-      gender = (matlab_v73.read_strings(f, gender_refs[wanted], f'{pf.path}: Subset.Gender')
-                if gender_refs is not None else [''] * len(wanted))
-      yield Block(file=pf, rows=wanted, signals=part, sbp=labels['SBP'][wanted],
-                  dbp=labels['DBP'][wanted], subject=subjects[wanted],
-                  empty=np.zeros(len(wanted), bool),
-                  extras={**{k: v[wanted] for k, v in numeric.items()},
+      gender = ([''] * len(wanted) if not extras or 'Gender' not in present else
+                matlab_v73.read_strings(
+                    f, matlab_v73.column_values(group['Gender'], lo, hi)[wanted - lo],
+                    f'{pf.path}: Subset.Gender'))
+      yield Block(file=pf, rows=wanted, signals=part, sbp=column('SBP'), dbp=column('DBP'),
+                  subject=subjects[at], empty=np.zeros(len(wanted), bool),
+                  extras={**{k: column(_MATLAB_NAMES[k]) for k in NUMERIC_EXTRAS},
                           'gender': np.array(gender, dtype=str)})
 
 
@@ -275,7 +279,7 @@ def _segment_blocks(pf: PulseFile, rows: np.ndarray, subjects: np.ndarray,
         if extras and 'Gender' in refs:
           gender[i] = matlab_v73.read_string(f[refs['Gender'][row]])
       yield Block(file=pf, rows=wanted, signals=signals, sbp=values['SegSBP'],
-                  dbp=values['SegDBP'], subject=subjects[wanted], empty=empty,
+                  dbp=values['SegDBP'], subject=subjects[start:start + block_size], empty=empty,
                   extras={**{k: values[k] for k in NUMERIC_EXTRAS},
                           'gender': np.array(gender, dtype=str)})
 
@@ -328,7 +332,8 @@ def _csv_blocks(pf: PulseFile, rows: np.ndarray, subjects: np.ndarray,
       return Block(file=pf, rows=idx,
                    signals=np.stack([values[:, columns['ecg']], values[:, columns['ppg']]], 1),
                    sbp=values[:, columns['labels'][0]], dbp=values[:, columns['labels'][1]],
-                   subject=subjects[idx], empty=np.zeros(len(idx), bool),
+                   subject=subjects[np.searchsorted(rows, idx)],
+                   empty=np.zeros(len(idx), bool),
                    extras={**{k: np.full(len(idx), np.nan) for k in NUMERIC_EXTRAS},
                            'gender': np.full(len(idx), '', dtype=str)})
 
@@ -362,7 +367,8 @@ def _number(text: str) -> float:
 
 
 def subjects_of(pf: PulseFile) -> np.ndarray:
-  """(N,) subject key of every row of the file (cheap: names, not signals)."""
+  """(N,) subject key of every row of the file (cheap: names, not signals). Checks the
+  file's layout on the way (PulseDbError, matlab_v73.MatFileError, OSError)."""
   if pf.kind == 'subset':
     return _subset_subjects(pf.path)
   if pf.kind == 'segments':
@@ -373,9 +379,10 @@ def subjects_of(pf: PulseFile) -> np.ndarray:
 
 def blocks(pf: PulseFile, rows: np.ndarray, subjects: np.ndarray, block_size: int = 1024,
            extras: bool = True) -> Iterator[Block]:
-  """The file's rows `rows` (sorted, increasing) in blocks of at most block_size rows.
+  """The file's rows `rows` (sorted, increasing) in blocks of at most block_size rows
+  (subset files: of rows within one range [k * block_size, (k + 1) * block_size)).
 
-  subjects: every row's key (subjects_of). extras=False skips reading gender (a string
+  subjects: the key of each of `rows` (from subjects_of). extras=False skips reading gender (a string
   per row, the slowest part of a subset file): Block.extras['gender'] is then ''.
   Raises PulseDbError, matlab_v73.MatFileError or OSError (h5py) for files that are
   corrupt or not PulseDB's layout.

@@ -1,33 +1,39 @@
-"""Which PulseDB segments go where: the checks pass, the split, and the reports.
+"""PulseDB's files -> a windowing job (input_pipeline/jobs.py): blocks of segments as the
+units of parallel work, their splits decided from names before any signal is read.
 
-One pass reads every segment of every file once (in blocks) to judge it; it keeps only
-labels and verdicts (9 bytes a segment). The split is then made over the usable segments:
-
+Listing (`window_job`) opens each file for its layout and its rows' subject keys only.
+The split of every row is then known:
   pulsedb  the official files: Train -> 'train' minus whole subjects carved out as
-           'validation' (seeded fraction of Train's subjects); CalBased_Test ->
-           'test_calbased' (calibration-based: subjects also in training); CalFree_Test
-           -> 'test_calfree', AAMI_Test -> 'test_aami', AAMI_Cal -> 'calibration_aami'
-           (calibration-free: asserted disjoint from train and validation).
-  random   the paper's split: usable segments of all files shuffled 80/10/10 (seed 42).
-  subject  whole subjects shuffled and cut by the fractions (disjointness asserted).
+           'validation' (a seeded fraction of Train's subjects of the selected sources);
+           CalBased_Test -> 'test_calbased' (calibration-based: subjects also in
+           training); CalFree_Test -> 'test_calfree', AAMI_Test -> 'test_aami', AAMI_Cal ->
+           'calibration_aami' (calibration-free: asserted disjoint from train and
+           validation, from the names when listing and again over the windows written).
+  random   the paper's split: each segment by a seeded hash of its key '<file>:<row>'
+           (80/10/10 with seed 42 by default, in expectation).
+  subject  whole subjects of all files shuffled and cut by the fractions (disjointness
+           asserted).
 
-A file that cannot be read is named with the reason and left out whole.
+A unit of work (`BlockTask`) is at most BLOCK rows of one file (subset files: rows
+within one range [k * BLOCK, (k + 1) * BLOCK), read contiguously); `process_block` reads
+it, judges every row (pulsedb.verdicts: PulseDB's segments come filtered and labelled)
+and returns its usable rows as examples of their split. A file that cannot be listed is
+named with the reason and left out whole; a block that cannot be read is named (file
+and rows) and left out, the rest of its file kept.
 """
 
 from __future__ import annotations
 
-import collections
-import csv
 import dataclasses
-import json
+import functools
 import os
 
 import numpy as np
 from tqdm import tqdm
 
-from input_pipeline import matlab_v73, pulsedb, splits, windows
+from input_pipeline import jobs, matlab_v73, pulsedb, splits, windows
 
-BLOCK = 1024  # segments per read: 10 MB of float32 ECG + PPG, 30 MB as stored
+BLOCK = 1024  # segments per unit of work: 10 MB of float32 ECG + PPG, 30 MB as stored
 READ_ERRORS = (pulsedb.PulseDbError, matlab_v73.MatFileError, OSError, KeyError)
 # Splits of the 'pulsedb' protocol whose subjects must not train (calibration-free).
 HELD_OUT = ('test_calfree', 'test_aami', 'calibration_aami')
@@ -40,179 +46,195 @@ class PulseDbOptions:
   validation_fraction: float = 0.1  # protocol 'pulsedb': share of Train's subjects
 
 
-@dataclasses.dataclass
-class FileRows:
-  """What the check pass keeps of one file: every row's key, and for the rows of the
-  selected sources their labels (mmHg) and verdict ('' = usable)."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class BlockTask:
+  """Rows of one file to read, with their subjects and splits: the unit of work."""
+  index: int  # position among all files' blocks (the report's order)
   file: pulsedb.PulseFile
-  subjects: np.ndarray  # (N,) keys of all rows
-  rows: np.ndarray  # (M,) the selected rows
-  sbp: np.ndarray  # (M,) float32
-  dbp: np.ndarray  # (M,) float32
-  reasons: np.ndarray  # (M,) str, '' where usable
+  file_name: str  # the file's name in reports and keys (its path relative to the input)
+  rows: np.ndarray  # (n,) increasing row numbers (rows of the selected sources)
+  subjects: np.ndarray  # (n,) their subject keys
+  splits: np.ndarray  # (n,) their split by subject; '' = by the hash of the key (random)
+
+  @property
+  def name(self) -> str:
+    return f'{self.file_name} rows {self.rows[0]}-{self.rows[-1]}'
 
 
 @dataclasses.dataclass
-class Plan:
-  """The files, their checked rows, and split -> {path: sorted usable rows}."""
-  input_dir: str
-  protocol: str
-  fractions: tuple[float, float, float]
-  seed: int
-  options: PulseDbOptions
+class BlockResult:
+  """What one block gave (jobs.py's result): its rows' verdicts and splits."""
+  task: BlockTask
+  block: pulsedb.Block | None
+  reasons: np.ndarray  # (n,) reject reason per row, '' where usable
+  splits: np.ndarray  # (n,) split of each usable row, '' for the others
+  failure: str = ''
+
+  def _key(self, i: int) -> str:
+    return f'{self.task.file_name}:{self.task.rows[i]}'
+
+  def examples(self) -> list[tuple[str, str, dict]]:
+    if self.block is None:
+      return []
+    block, signals = self.block, windows.minmax_scale(self.block.signals)
+    return [(self.splits[i], self._key(i), {
+        'signals': signals[i], 'sbp': block.sbp[i], 'dbp': block.dbp[i],
+        'subject': block.subject[i], 'record': self._key(i),
+        'source': pulsedb.source_of_key(block.subject[i]), 'lead': 'II', 'start_s': np.nan,
+        'gender': block.extras['gender'][i], **{k: block.extras[k][i]
+                                                for k in pulsedb.NUMERIC_EXTRAS}})
+            for i in np.flatnonzero(self.splits != '')]
+
+  def verdicts(self) -> list[tuple[str, str, str]]:
+    return list(zip(self.reasons.tolist(), self.splits.tolist(), self.task.subjects.tolist()))
+
+  def report_rows(self) -> list[list[str]]:
+    if self.block is None:
+      return []
+    return [[self._key(i), self.task.subjects[i], '', 'II', f'{self.block.sbp[i]:.3f}',
+             f'{self.block.dbp[i]:.3f}', self.reasons[i] or 'accepted', self.splits[i]]
+            for i in range(len(self.task.rows))]
+
+
+def process_block(task: BlockTask, options) -> BlockResult:
+  """Reads and judges one block (options: prepare.PrepareOptions): a pure function. Any
+  error fails the block as a whole, with the reason; it never stops the other blocks."""
+  try:
+    (block,) = pulsedb.blocks(task.file, task.rows, task.subjects, BLOCK)
+    reasons = pulsedb.verdicts(block)
+  except Exception as e:  # pylint: disable=broad-except  (one bad block must not stop a job)
+    return BlockResult(task, None, np.zeros(0, str), np.zeros(0, str), _reason(e))
+  split = np.array([s or splits.hash_split(f'{task.file_name}:{row}', options.fractions,
+                                           options.seed)
+                    for s, row in zip(task.splits.tolist(), task.rows.tolist())], dtype=object)
+  split[reasons != ''] = ''
+  return BlockResult(task, block, reasons, split.astype(str))
+
+
+def _reason(e: Exception) -> str:
+  return str(e) if isinstance(e, pulsedb.PulseDbError) else f'{type(e).__name__}: {e}'
+
+
+@dataclasses.dataclass(frozen=True)
+class _Listing:
+  """What summary.json needs of the listing (besides the blocks' Summary)."""
   kind: str
-  files: dict[str, FileRows]
-  failures: list[tuple[str, str]]
-  split: dict[str, dict[str, np.ndarray]]
-
-  def name(self, path: str) -> str:
-    """A file's name in reports: its path relative to the input."""
-    base = self.input_dir if os.path.isdir(self.input_dir) else os.path.dirname(self.input_dir)
-    return os.path.relpath(path, base)
-
-  def subjects(self, split: str) -> set[str]:
-    return set().union(*(self.files[p].subjects[r].tolist()
-                         for p, r in self.split.get(split, {}).items()))
-
-  def _windows_of_subjects(self, split: str, of: str) -> int:
-    """Windows of `split` whose subjects are in split `of`."""
-    keys = self.subjects(of)
-    return int(sum(np.isin(self.files[p].subjects[r], list(keys)).sum()
-                   for p, r in self.split.get(split, {}).items())) if keys else 0
-
-  def summary(self) -> dict:
-    """summary.json: the same keys as for records (prepare.Prepared.summary), a file
-    being a record, plus 'pulsedb' (input kind, sources, segments of other sources)."""
-    reasons = collections.Counter()
-    for f in self.files.values():
-      reasons.update(dict(zip(*np.unique(f.reasons, return_counts=True))))
-    return {
-        'source': 'pulsedb', 'input_dir': self.input_dir, 'protocol': self.protocol,
-        'fractions': list(self.fractions), 'seed': self.seed,
-        'pulsedb': {'kind': self.kind, 'sources': list(self.options.sources),
-                    'validation_fraction': self.options.validation_fraction,
-                    'segments_of_other_sources': int(sum(
-                        len(f.subjects) - len(f.rows) for f in self.files.values())),
-                    'test_calbased_windows_of_validation_subjects':
-                        self._windows_of_subjects('test_calbased', 'validation')},
-        'records_read': len(self.files), 'records_failed': len(self.failures),
-        'failures': [{'record': self.name(p), 'reason': why} for p, why in self.failures],
-        'candidate_windows': int(sum(len(f.rows) for f in self.files.values())),
-        'windows_kept': int(reasons.get('', 0)),
-        'rejects': {r: int(reasons.get(r, 0)) for r in pulsedb.REJECT_REASONS},
-        'splits': {name: {'windows': int(sum(len(r) for r in parts.values())),
-                          'subjects': len(self.subjects(name))}
-                   for name, parts in self.split.items()},
-    }
+  files: int  # files listed
+  failures: tuple[tuple[str, str], ...]  # (file name, reason) of files that were not
+  other_sources: int  # rows of files listed that belong to sources not selected
+  split_names: tuple[str, ...]
+  block_files: tuple[str, ...]  # per block index: its file's name
 
 
-def check_file(pf: pulsedb.PulseFile, sources, progress: bool) -> FileRows:
-  """Reads every row of the selected sources once and judges it."""
-  subjects = pulsedb.subjects_of(pf)
-  codes = [pulsedb.SOURCE_CODE[s] for s in sources]
-  rows = np.flatnonzero(np.isin(np.array([k[-1] for k in subjects.tolist()]), codes))
-  sbp, dbp, reasons = [], [], []
-  with tqdm(total=len(rows), desc=f'checking {os.path.basename(pf.path)}', unit='segment',
-            disable=not progress, leave=False) as bar:
-    for block in pulsedb.blocks(pf, rows, subjects, BLOCK, extras=False):
-      sbp.append(block.sbp.astype(np.float32))
-      dbp.append(block.dbp.astype(np.float32))
-      reasons.append(pulsedb.verdicts(block))
-      bar.update(len(block.rows))
-  join = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)
-  return FileRows(pf, subjects, rows, join(sbp, np.float32), join(dbp, np.float32),
-                  join(reasons, str))
-
-
-def _pulsedb_split(files: dict[str, FileRows], fraction: float, seed: int, failures):
-  by_role = {f.file.role: f for f in files.values()}
-  if 'train' not in by_role:
-    unreadable = ''.join(f'; {path}: {why}' for path, why in failures)
-    raise pulsedb.PulseDbError(
-        'protocol pulsedb needs Train_Subset.mat (or VitalDB_Train_Subset.mat) among the '
-        f'readable files; found {", ".join(sorted(by_role)) or "none"}{unreadable}')
-  train = by_role['train']
-  usable = train.rows[train.reasons == '']
-  parts = splits.subject_split(train.subjects[usable], (1 - fraction, fraction, 0.0), seed)
-  split = {'train': {train.file.path: usable[parts['train']]},
-           'validation': {train.file.path: usable[parts['validation']]}}
-  for role in pulsedb.SUBSET_SPLITS.values():
-    if role in by_role and role != 'train':
-      f = by_role[role]
-      split[role] = {f.file.path: f.rows[f.reasons == '']}
-  return split
-
-
-def _pooled_split(files: dict[str, FileRows], protocol: str, fractions, seed: int):
-  usable = {p: f.rows[f.reasons == ''] for p, f in files.items()}
-  subjects = np.concatenate([files[p].subjects[r] for p, r in usable.items()]
-                            or [np.zeros(0, str)])
-  keys = [f'{os.path.basename(p)}:{row}' for p, r in usable.items() for row in r.tolist()]
-  parts = splits.make_split(protocol, subjects, keys, fractions, seed)
-  offsets = np.cumsum([0] + [len(r) for r in usable.values()])
-  return {name: {p: r[idx[(idx >= lo) & (idx < hi)] - lo]
-                 for (p, r), lo, hi in zip(usable.items(), offsets[:-1], offsets[1:])}
-          for name, idx in parts.items()}
-
-
-def check_held_out(plan: Plan) -> None:
-  """Raises splits.SubjectLeakError if a calibration-free split shares a subject with
-  train or validation (the protocol 'subject' is checked by splits.subject_split)."""
-  subjects = {name: plan.subjects(name) for name in plan.split}
-  seen = subjects.get('train', set()) | subjects.get('validation', set())
-  if subjects.get('train', set()) & subjects.get('validation', set()):
+def check_held_out(subjects_of: dict[str, set]) -> None:
+  """Raises splits.SubjectLeakError if train and validation share a subject, or if a
+  calibration-free split shares one with either ({split: subjects}, protocol pulsedb)."""
+  seen = subjects_of.get('train', set()) | subjects_of.get('validation', set())
+  if subjects_of.get('train', set()) & subjects_of.get('validation', set()):
     raise splits.SubjectLeakError('a subject is in both train and validation')
   for name in HELD_OUT:
-    shared = sorted(subjects.get(name, set()) & seen)
+    shared = sorted(subjects_of.get(name, set()) & seen)
     if shared:
       raise splits.SubjectLeakError(f'{name} shares {len(shared)} subject(s) with train or '
                                     f'validation (e.g. {shared[0]}): it is not calibration-free')
 
 
-def plan(input_dir: str, protocol: str, fractions, seed: int,
-         options: PulseDbOptions = PulseDbOptions(), progress: bool = True) -> Plan:
-  """Finds, checks and splits the PulseDB files at `input_dir`."""
-  unknown = sorted(set(options.sources) - set(pulsedb.SOURCES))
-  if unknown or not options.sources:
-    raise ValueError(f'PulseDB sources must be some of {pulsedb.SOURCES}, got {options.sources}')
-  found = pulsedb.find_files(input_dir)
-  kind = found[0].kind
-  if protocol == 'pulsedb' and kind != 'subset':
+def _official_splits(listed, fraction: float, seed: int, failures) -> list[np.ndarray]:
+  """Protocol pulsedb: each listed file's rows' splits."""
+  roles = [f.role for f, _, _, _ in listed]
+  if 'train' not in roles:
+    unreadable = ''.join(f'; {name}: {why}' for name, why in failures)
     raise pulsedb.PulseDbError(
-        f'{input_dir}: protocol pulsedb uses the official subset files (*_Subset.mat); '
-        f'{kind} files have no official split: use --protocol random or subject')
-  files, failures = {}, []
-  for pf in tqdm(found, desc='PulseDB files', unit='file', disable=not progress):
-    try:
-      files[pf.path] = check_file(pf, options.sources, progress)
-    except READ_ERRORS as e:
-      failures.append((pf.path, str(e) if isinstance(e, pulsedb.PulseDbError) else
-                       f'{type(e).__name__}: {e}'))
-  if protocol == 'pulsedb':
-    split = _pulsedb_split(files, options.validation_fraction, seed, failures)
-  else:
-    split = _pooled_split(files, protocol, fractions, seed)
-  result = Plan(input_dir, protocol, tuple(fractions), seed, options, kind, files, failures,
-                split)
-  if protocol == 'pulsedb':
-    check_held_out(result)
+        'protocol pulsedb needs Train_Subset.mat (or VitalDB_Train_Subset.mat) among the '
+        f'readable files; found {", ".join(sorted(roles)) or "none"}{unreadable}')
+  train_subjects = listed[roles.index('train')][3]
+  of = splits.assign_subjects(train_subjects, (1 - fraction, fraction, 0.0), seed)
+  result = [np.array([of[s] for s in subjects.tolist()], dtype=str) if f.role == 'train'
+            else np.full(len(subjects), f.role) for f, _, _, subjects in listed]
+  subjects_of = {}
+  for split, (_, _, _, subjects) in zip(result, listed):
+    for name in np.unique(split).tolist():
+      subjects_of.setdefault(name, set()).update(subjects[split == name].tolist())
+  check_held_out(subjects_of)
   return result
 
 
-def write_reports(plan: Plan, directory: str) -> None:
-  """Writes summary.json and windows.csv (every checked segment: 'file:row', subject,
-  labels, verdict and split) into `directory`."""
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, 'summary.json'), 'w') as f:
-    json.dump(plan.summary(), f, indent=2)
-  with open(os.path.join(directory, 'windows.csv'), 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(windows.REPORT_COLUMNS)
-    for path, rows in plan.files.items():
-      name = plan.name(path)
-      split_of = np.full(len(rows.rows), '', object)
-      for split_name, parts in plan.split.items():
-        split_of[np.searchsorted(rows.rows, parts.get(path, []))] = split_name
-      for i, row in enumerate(rows.rows.tolist()):
-        writer.writerow([f'{name}:{row}', rows.subjects[row], '', 'II', f'{rows.sbp[i]:.3f}',
-                         f'{rows.dbp[i]:.3f}', rows.reasons[i] or 'accepted', split_of[i]])
+def window_job(options) -> jobs.WindowJob:
+  """The job of the PulseDB files at options.input_dir (options: prepare.PrepareOptions):
+  one BlockTask per BLOCK rows of the selected sources. Raises PulseDbError (no PulseDB
+  files, an official split without Train) or SubjectLeakError before any signal is read."""
+  sources = options.pulsedb.sources
+  unknown = sorted(set(sources) - set(pulsedb.SOURCES))
+  if unknown or not sources:
+    raise ValueError(f'PulseDB sources must be some of {pulsedb.SOURCES}, got {sources}')
+  found = pulsedb.find_files(options.input_dir)
+  kind = found[0].kind
+  if options.protocol == 'pulsedb' and kind != 'subset':
+    raise pulsedb.PulseDbError(
+        f'{options.input_dir}: protocol pulsedb uses the official subset files (*_Subset.mat); '
+        f'{kind} files have no official split: use --protocol random or subject')
+  if options.protocol != 'pulsedb':
+    splits.check_protocol(options.protocol)
+  base = options.input_dir if os.path.isdir(options.input_dir) else os.path.dirname(
+      options.input_dir)
+  codes = [pulsedb.SOURCE_CODE[s] for s in sources]
+  listed, failures, other = [], [], 0  # listed: (file, name, rows, their subjects)
+  for pf in tqdm(found, desc='listing PulseDB files', unit='file', leave=False):
+    name = os.path.relpath(pf.path, base)
+    try:
+      subjects = pulsedb.subjects_of(pf)
+    except READ_ERRORS as e:
+      failures.append((name, _reason(e)))
+      continue
+    rows = np.flatnonzero(np.isin(np.array([k[-1] for k in subjects.tolist()]), codes))
+    listed.append((pf, name, rows, subjects[rows]))
+    other += len(subjects) - len(rows)
+  if options.protocol == 'pulsedb':
+    row_splits = _official_splits(listed, options.pulsedb.validation_fraction, options.seed,
+                                  failures)
+    split_names = ('train', 'validation', *(r for r in pulsedb.SUBSET_SPLITS.values()
+                                             if r != 'train' and r in {f.role for f, *_ in listed}))
+  elif options.protocol == 'subject':
+    of = splits.assign_subjects(np.concatenate([s for *_, s in listed] or [np.zeros(0, str)]),
+                                options.fractions, options.seed)
+    row_splits = [np.array([of[s] for s in subjects.tolist()], dtype=str)
+                  for *_, subjects in listed]
+    split_names = splits.SPLITS
+  else:
+    row_splits = [np.full(len(rows), '') for _, _, rows, _ in listed]
+    split_names = splits.SPLITS
+  tasks, block_files = [], []
+  for (pf, name, rows, subjects), split in zip(listed, row_splits):
+    starts = np.flatnonzero(np.diff(rows // BLOCK, prepend=-1)) if pf.kind == 'subset' else \
+        np.arange(0, len(rows), BLOCK)
+    for part in np.split(np.arange(len(rows)), starts[1:]) if len(rows) else []:
+      tasks.append(BlockTask(len(tasks), pf, name, rows[part], subjects[part], split[part]))
+      block_files.append(name)
+  listing = _Listing(kind, len(listed), tuple(failures), other, tuple(split_names),
+                     tuple(block_files))
+  return jobs.WindowJob(units=tasks, process=functools.partial(process_block, options=options),
+                        summarise=functools.partial(_summary, options=options, listing=listing),
+                        split_names=listing.split_names, unit='block')
+
+
+def _summary(total: jobs.Summary, options, listing: _Listing) -> dict:
+  """summary.json: the keys of records' (a file being a record; a block that failed is
+  a failure of its own) plus 'pulsedb' (input kind, sources, segments of other sources,
+  test_calbased windows of validation subjects)."""
+  result = total.to_dict(options, listing.split_names, pulsedb.REJECT_REASONS)
+  if options.protocol == 'pulsedb':
+    check_held_out({name: total.subjects(name) for name in listing.split_names})
+  of_validation = total.subjects('validation')
+  calbased = total.subject_windows.get('test_calbased', {})
+  return {
+      **result,
+      'records_read': listing.files - len({listing.block_files[i] for i, _, _ in total.failures}),
+      'records_failed': len(listing.failures) + len(total.failures),
+      'failures': [{'record': name, 'reason': why} for name, why in listing.failures] +
+                  result['failures'],
+      'pulsedb': {'kind': listing.kind, 'sources': list(options.pulsedb.sources),
+                  'validation_fraction': options.pulsedb.validation_fraction,
+                  'segments_of_other_sources': listing.other_sources,
+                  'test_calbased_windows_of_validation_subjects': int(sum(
+                      calbased.get(s, 0) for s in of_validation))},
+  }

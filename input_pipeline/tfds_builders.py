@@ -26,10 +26,8 @@ import os
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from tqdm import tqdm
 
-from input_pipeline import (beam_prepare, prepare as prepare_lib, pulsedb, pulsedb_plan, splits,
-                            windows)
+from input_pipeline import beam_prepare, prepare as prepare_lib, splits
 
 _DESCRIPTION = ('10-s windows of ECG lead II and PPG at 125 Hz (PulseDB-style filtering, '
                 'beat labels and quality rules) with SBP and DBP labels from invasive ABP.')
@@ -97,20 +95,20 @@ class _WindowsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     with tf.io.gfile.GFile(os.path.join(self._windows_dir, 'summary.json')) as f:
       counts = json.load(f)['splits']
     return {name: self._generate_examples(beam_prepare.window_files(self._windows_dir, name))
-            for name in splits.SPLITS if counts[name]['windows']}  # TFDS: no empty splits
+            for name, count in counts.items() if count['windows']}  # TFDS: no empty splits
 
   def _generate_examples(self, pattern: str):
     if not self._distributed:
       return _read_windows(pattern)
     beam = tfds.core.lazy_imports.apache_beam
-    return beam.io.ReadFromTFRecord(pattern) | beam.Map(beam_prepare.decode_window)
+    return beam.io.ReadFromTFRecord(pattern) | beam.Map(beam_prepare.decode_example)
 
 
 def _read_windows(pattern: str):
   """(key, example) of every window in the files of `pattern`, one at a time."""
   for path in beam_prepare.matching(pattern):
     for data in tf.data.TFRecordDataset(path).as_numpy_iterator():
-      yield beam_prepare.decode_window(data)
+      yield beam_prepare.decode_example(data)
 
 
 class _ManualBuilder(_WindowsBuilder, skip_registration=True):
@@ -150,7 +148,7 @@ class CerebroBpVitaldb(_ManualBuilder):
 
 class CerebroBpPulsedb(_ManualBuilder):
   """PulseDB's segments (subset files, segment files or the paper's CSV export) from a
-  manual directory, streamed in blocks; `plan` hands over an already checked input."""
+  manual directory, with the demographics PulseDB gives."""
   BUILDER_CONFIGS = _configs('pulsedb', ('pulsedb', 'random', 'subject'))
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Download PulseDB (https://github.com/pulselabteam/PulseDB: the subset files
@@ -160,37 +158,10 @@ class CerebroBpPulsedb(_ManualBuilder):
   `scripts/prepare_data.py --input`) at the folder.
   """
 
-  def __init__(self, *, plan: pulsedb_plan.Plan | None = None, **kwargs):
-    self._plan = plan
-    super().__init__(**kwargs)
-
   def _features(self) -> dict:
     extras = {k: tfds.features.Scalar(dtype=np.float32, doc=doc) for k, doc in (
         ('age', 'years'), ('height', 'cm'), ('weight', 'kg'), ('bmi', 'kg/m^2'))}
     return {**super()._features(), **extras, 'gender': tfds.features.Text()}
-
-  def _split_generators(self, dl_manager):
-    options = self._options(dl_manager)
-    plan = self._plan or pulsedb_plan.plan(options.input_dir, options.protocol,
-                                           options.fractions, options.seed, options.pulsedb)
-    return {name: self._generate_segments(plan, name, parts)
-            for name, parts in plan.split.items() if sum(map(len, parts.values()))}
-
-  def _generate_segments(self, plan: pulsedb_plan.Plan, split: str, parts: dict):
-    for path, rows in parts.items():
-      checked = plan.files[path]
-      name = plan.name(path)
-      with tqdm(total=len(rows), desc=f'{split}: {name}', unit='segment', leave=False) as bar:
-        for block in pulsedb.blocks(checked.file, rows, checked.subjects, pulsedb_plan.BLOCK):
-          signals = windows.minmax_scale(block.signals)
-          for i, row in enumerate(block.rows.tolist()):
-            yield f'{name}:{row}', {
-                'signals': signals[i], 'sbp': block.sbp[i], 'dbp': block.dbp[i],
-                'subject': block.subject[i], 'record': f'{name}:{row}',
-                'source': pulsedb.source_of_key(block.subject[i]), 'lead': 'II',
-                'start_s': np.nan, 'gender': block.extras['gender'][i],
-                **{k: block.extras[k][i] for k in pulsedb.NUMERIC_EXTRAS}}
-          bar.update(len(block.rows))
 
 
 BUILDERS = {'synthetic': CerebroBpSynthetic, 'mimic3': CerebroBpMimic3,
@@ -213,11 +184,13 @@ def _config(options: prepare_lib.PrepareOptions):
                        description=f'{options.protocol} split, custom options', options=options)
 
 
-def build(options: prepare_lib.PrepareOptions, data_dir: str, pipeline_options=None,
-          **handed_over) -> tfds.core.DatasetBuilder:
-  """Writes the dataset of `options` under data_dir from what `handed_over` holds: the
-  windowed records (`windows_dir=`, see prepare_dataset) or a checked PulseDB `plan=`."""
-  builder = BUILDERS[options.source](data_dir=data_dir, config=_config(options), **handed_over)
+def build(options: prepare_lib.PrepareOptions, data_dir: str, windows_dir: str,
+          pipeline_options=None) -> tfds.core.DatasetBuilder:
+  """Writes the dataset of `options` under data_dir from the windows that
+  beam_prepare.write_windows left in `windows_dir` (see prepare_dataset)."""
+  builder = BUILDERS[options.source](
+      data_dir=data_dir, config=_config(options), windows_dir=windows_dir,
+      distributed=pipeline_options is not None and beam_prepare.is_distributed(pipeline_options))
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=options.input_dir, beam_options=pipeline_options))
   return builder
@@ -228,23 +201,15 @@ def prepare_dataset(options: prepare_lib.PrepareOptions, output_dir: str, progre
   """Records (or PulseDB files) -> windows -> summary.json, windows.csv, options.json and
   the TFDS dataset in `output_dir` (what scripts/prepare_data.py does).
 
-  Records are windowed by input_pipeline/beam_prepare.py with Apache Beam under
-  `pipeline_options` (default: this process) and the dataset written by TFDS (with Beam
-  too on a distributed runner); PulseDB's files stream through its plan in this process.
+  The source's units of work (records, PulseDB blocks) are windowed by
+  input_pipeline/beam_prepare.py with Apache Beam under `pipeline_options` (default: this
+  process) and the dataset written by TFDS (with Beam too on a distributed runner).
   Returns (summary.json's content; the dataset's folder, or None when no window was
   accepted: then only the reports are written).
   """
   tf.io.gfile.makedirs(output_dir)
   with tf.io.gfile.GFile(os.path.join(output_dir, 'options.json'), 'w') as f:
     json.dump(dataclasses.asdict(options), f, indent=2)
-  if options.source == 'pulsedb':
-    plan = pulsedb_plan.plan(options.input_dir, options.protocol, options.fractions,
-                             options.seed, options.pulsedb, progress=progress)
-    pulsedb_plan.write_reports(plan, output_dir)
-    summary = plan.summary()
-    if summary['windows_kept'] == 0:
-      return summary, None
-    return summary, str(build(options, output_dir, plan=plan).data_dir)
   pipeline_options = pipeline_options or beam_prepare.beam_options()
   work_dir = os.path.join(output_dir, '.windows_work')
   if tf.io.gfile.exists(work_dir):
@@ -256,9 +221,7 @@ def prepare_dataset(options: prepare_lib.PrepareOptions, output_dir: str, progre
     beam_prepare.merge_report(work_dir, os.path.join(output_dir, 'windows.csv'))
     if summary['windows_kept'] == 0:
       return summary, None
-    return summary, str(build(options, output_dir, pipeline_options, windows_dir=work_dir,
-                              distributed=beam_prepare.is_distributed(pipeline_options))
-                        .data_dir)
+    return summary, str(build(options, output_dir, work_dir, pipeline_options).data_dir)
   finally:
     if tf.io.gfile.exists(work_dir):
       tf.io.gfile.rmtree(work_dir)

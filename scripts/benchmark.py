@@ -33,10 +33,10 @@
          (float32; train: forward, MSE, backward, AdamW) and prints JAX's speed-up.
   pulsedb  For each --pulsedb_gb: writes a PulseDB Train_Subset.mat of that size (MATLAB
          v7.3, float64 (1250, 3, N) signals) and imports it with scripts/prepare_data.py's
-         code in a fresh process (random protocol): windows/s of the checks pass and of
-         the whole import, and the process's peak resident memory after the checks pass
-         (the reader's: flat in the file size) and at the end (plus TFDS's shuffle
-         buffer, which holds up to 1 GB of examples in memory before spilling to disk).
+         code in a fresh process (random protocol, --pulsedb_workers Beam workers): the
+         listing's seconds (subject keys only), windows/s of the whole import, and peak
+         resident memory of the process (with TFDS's shuffle buffer, which holds up to
+         1 GB of examples before spilling to disk) and of its largest Beam worker.
 
 --json prints one JSON object instead of the table. Run on an idle machine.
 """
@@ -67,8 +67,8 @@ from cerebro_jax.quant import calibration, litert, ptq, quantization
 from cerebro_jax.trainers import loop, masked_patches, optim, pretrain, train
 from configs import default
 from configs import pretrain as pretrain_configs
-from input_pipeline import (beam_prepare, mimic3, pipeline, prepare, pulsedb_plan, pulsedb_writer,
-                            synthetic, tfds_builders)
+from input_pipeline import (beam_prepare, mimic3, pipeline, prepare, pulsedb_writer, synthetic,
+                            tfds_builders)
 
 _SIZES = flags.DEFINE_multi_enum('sizes', list(SIZES), list(SIZES), 'Model sizes to measure.')
 _BATCH = flags.DEFINE_integer('batch', 256, 'Batch for throughput and memory.', lower_bound=1)
@@ -89,6 +89,8 @@ _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
                            'train: compute dtype of the model and the peak matmul.')
 _PULSEDB_GB = flags.DEFINE_list('pulsedb_gb', ['0.5', '3', '6'],
                                 'pulsedb: subset file sizes (GB).')
+_PULSEDB_WORKERS = flags.DEFINE_integer('pulsedb_workers', 1, 'pulsedb: local Beam worker '
+                                       'processes of the import.', lower_bound=1)
 _PULSEDB_DIR = flags.DEFINE_string('pulsedb_dir', '', 'pulsedb: folder for the files (default '
                                    'a temporary one; needs about twice the largest size).')
 _COMPARE_TORCH = flags.DEFINE_bool(
@@ -272,17 +274,19 @@ def bench_data():
   return rows
 
 
-def _import_pulsedb(input_dir: str, output_dir: str, queue) -> None:
-  """In a fresh process: the PulseDB import, timed, with this process's peak memory."""
-  start = time.perf_counter()
-  plan = pulsedb_plan.plan(input_dir, 'random', (0.8, 0.1, 0.1), 42, progress=False)
-  checked = time.perf_counter() - start
-  check_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _import_pulsedb(input_dir: str, output_dir: str, workers: int, queue) -> None:
+  """In a fresh process: the PulseDB import, timed, with peak memory of this process and
+  of its Beam workers."""
   options = prepare.PrepareOptions(source='pulsedb', input_dir=input_dir, protocol='random')
-  tfds_builders.build(options, output_dir, plan=plan)
-  queue.put({'check_s': checked, 'total_s': time.perf_counter() - start,
-             'check_rss_mib': check_rss,
-             'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+  start = time.perf_counter()
+  blocks = len(prepare.window_job(options).units)  # the listing alone, timed
+  listing_s = time.perf_counter() - start
+  start = time.perf_counter()
+  tfds_builders.prepare_dataset(options, output_dir, progress=False,
+                                pipeline_options=beam_prepare.beam_options(workers))
+  queue.put({'listing_s': listing_s, 'blocks': blocks, 'total_s': time.perf_counter() - start,
+             'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             'worker_peak_rss_mib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024})
 
 
 def bench_pulsedb():
@@ -304,16 +308,17 @@ def bench_pulsedb():
       written = time.perf_counter() - start
       context = multiprocessing.get_context('spawn')
       queue = context.Queue()
-      child = context.Process(target=_import_pulsedb,
-                              args=(folder, os.path.join(tmp, f'out_{gb}'), queue))
+      child = context.Process(target=_import_pulsedb, args=(
+          folder, os.path.join(tmp, f'out_{gb}'), _PULSEDB_WORKERS.value, queue))
       child.start()
       result = queue.get()
       child.join()
       rows.append({'file_gb': os.path.getsize(path) / 1e9, 'segments': count,
-                   'write_s': written, 'check_windows_per_s': count / result['check_s'],
+                   'workers': _PULSEDB_WORKERS.value, 'write_s': written,
+                   'listing_s': result['listing_s'], 'blocks': result['blocks'],
                    'import_windows_per_s': count / result['total_s'],
-                   'check_peak_rss_mib': result['check_rss_mib'],
-                   'peak_rss_mib': result['peak_rss_mib']})
+                   'peak_rss_mib': result['peak_rss_mib'],
+                   'worker_peak_rss_mib': result['worker_peak_rss_mib']})
       os.remove(path)
   return rows
 

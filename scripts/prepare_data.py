@@ -70,8 +70,8 @@ _PPG_TRACK = flags.DEFINE_string('ppg_track', vitaldb_files.TrackNames.ppg, 'Vit
 _ABP_TRACK = flags.DEFINE_string('abp_track', vitaldb_files.TrackNames.abp,
                                  'VitalDB arterial pressure track.')
 _WORKERS = flags.DEFINE_integer(
-    'workers', 1, 'Local processes that window the records (Apache Beam\'s DirectRunner; 1: '
-    'this process). Not used for pulsedb, which streams in this process.', lower_bound=1)
+    'workers', 1, 'Local processes that window the records or PulseDB\'s blocks of segments '
+    '(Apache Beam\'s DirectRunner; 1: this process).', lower_bound=1)
 _BEAM_OPTIONS = flags.DEFINE_string(
     'beam_options', '', 'Apache Beam pipeline options, passed through as one string, e.g. '
     '"--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp '

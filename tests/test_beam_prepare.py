@@ -116,11 +116,13 @@ def test_one_and_two_workers_write_identical_datasets(tmp_path, wfdb_records):
     assert json.load(f)['records_failed'] == 1
 
 
-def test_window_bytes_round_trip():
-  window = windows.Window(record='r', subject='s', source='mimic3', start_s=12.5, lead='II',
-                          sbp_mmhg=121.37, dbp_mmhg=70.1, reject='',
-                          signals=np.random.default_rng(0).random((2, 1250), np.float32))
-  key, example = beam_prepare.decode_window(beam_prepare.encode_window('r:12.500', window))
-  assert key == 'r:12.500' and example['record'] == 'r' and example['lead'] == 'II'
-  assert example['sbp'] == np.float32(121.37) and example['start_s'] == np.float32(12.5)
-  np.testing.assert_array_equal(example['signals'], window.signals)
+def test_example_bytes_round_trip():
+  signals = np.random.default_rng(0).random((2, 1250), np.float32)
+  example = {'signals': signals, 'sbp': np.float64(121.37), 'dbp': 70.1, 'start_s': np.nan,
+             'record': 'r', 'lead': np.str_('II'), 'age': np.float32(61.5)}
+  key, decoded = beam_prepare.decode_example(beam_prepare.encode_example('r:12', example))
+  assert key == 'r:12' and decoded['record'] == 'r' and decoded['lead'] == 'II'
+  assert decoded['sbp'] == np.float32(121.37) and decoded['dbp'] == np.float32(70.1)
+  assert np.isnan(decoded['start_s']) and decoded['age'] == np.float32(61.5)
+  assert all(isinstance(decoded[k], np.float32) for k in ('sbp', 'dbp', 'start_s', 'age'))
+  np.testing.assert_array_equal(decoded['signals'], signals)

@@ -17,7 +17,7 @@ from cerebro_jax import datasets, sharding
 from cerebro_jax.evaluators import evaluation
 from cerebro_jax.models import model as model_lib
 from cerebro_jax.models.model_config import ModelConfig
-from input_pipeline import (matlab_v73, pipeline, prepare, pulsedb, pulsedb_plan,
+from input_pipeline import (jobs, matlab_v73, pipeline, prepare, pulsedb, pulsedb_plan,
                             pulsedb_writer, splits, tfds_builders)
 
 N = pulsedb.SAMPLES
@@ -61,6 +61,23 @@ def _examples(builder, split):
 
 def _scaled(x):
   return (x - x.min()) / (x.max() - x.min())
+
+
+def _options(folder, protocol, fractions=(0.8, 0.1, 0.1), **pulsedb_options):
+  return prepare.PrepareOptions(source='pulsedb', input_dir=str(folder), protocol=protocol,
+                                fractions=fractions,
+                                pulsedb=pulsedb_plan.PulseDbOptions(**pulsedb_options))
+
+
+def _in_process(folder, protocol, fractions=(0.8, 0.1, 0.1), **pulsedb_options):
+  """(summary.json, {split: subject of each example}) of the PulseDB job run here."""
+  job = prepare.window_job(_options(folder, protocol, fractions, **pulsedb_options))
+  results = [job.process(unit) for unit in job.units]
+  subjects = {}
+  for result in results:
+    for split, _, example in result.examples():
+      subjects.setdefault(split, []).append(example['subject'])
+  return job.summarise(jobs.total(results)), subjects
 
 
 @pytest.fixture(scope='module')
@@ -166,19 +183,17 @@ def test_reports_count_every_reject_and_split(subsets):
 def test_subject_and_random_protocols_on_subsets_and_source_filter(subsets):
   folder = subsets[0]
   for protocol in ('subject', 'random'):
-    plan = pulsedb_plan.plan(str(folder), protocol, (0.6, 0.2, 0.2), 42, progress=False)
-    keys = {name: np.concatenate([plan.files[p].subjects[r] for p, r in parts.items()])
-            for name, parts in plan.split.items()}
-    assert sum(len(k) for k in keys.values()) == plan.summary()['windows_kept']
+    summary, subjects = _in_process(folder, protocol, (0.6, 0.2, 0.2))
+    assert sum(map(len, subjects.values())) == summary['windows_kept'] == 39 + 13 + 9 + 4 + 2 - 8
+    assert {n: len(s) for n, s in subjects.items()} == {
+        n: split['windows'] for n, split in summary['splits'].items() if split['windows']}
+    shared = set(subjects['train']) & set(subjects['test'])
+    assert bool(shared) == (protocol == 'random')  # random: subjects in several splits
     if protocol == 'subject':
-      splits.check_subject_disjoint(np.concatenate(list(keys.values())), {
-          n: np.arange(len(k)) + sum(len(v) for v in list(keys.values())[:i])
-          for i, (n, k) in enumerate(keys.items())})
-  vital = pulsedb_plan.plan(str(folder), 'pulsedb', (0.8, 0.1, 0.1), 42,
-                            pulsedb_plan.PulseDbOptions(sources=('vitaldb',)), progress=False)
-  kept = [plan_rows.subjects[plan_rows.rows] for plan_rows in vital.files.values()]
-  assert all(k.endswith('_1') for part in kept for k in part)
-  assert vital.summary()['pulsedb']['segments_of_other_sources'] > 0
+      splits.check_disjoint({n: set(s) for n, s in subjects.items()})
+  vital, subjects = _in_process(folder, 'pulsedb', sources=('vitaldb',))
+  assert all(k.endswith('_1') for part in subjects.values() for k in part)
+  assert vital['pulsedb']['segments_of_other_sources'] > 0
 
 
 def test_calibration_free_subset_sharing_a_training_subject_is_refused(tmp_path):
@@ -186,7 +201,7 @@ def test_calibration_free_subset_sharing_a_training_subject_is_refused(tmp_path)
   _subset(tmp_path, 'Train_Subset.mat', ['p000001_0', 'p000002_1'], rng)
   _subset(tmp_path, 'CalFree_Test_Subset.mat', ['p000002_1'], rng)
   with pytest.raises(splits.SubjectLeakError, match='test_calfree shares 1 subject'):
-    pulsedb_plan.plan(str(tmp_path), 'pulsedb', (0.8, 0.1, 0.1), 42, progress=False)
+    prepare.window_job(_options(tmp_path, 'pulsedb'))  # from the names, before any signal
 
 
 def _segment_folder(root, rng):
@@ -249,18 +264,18 @@ def test_csv_export_with_bad_rows(tmp_path):
   other = _rows(rng, 3)
   pulsedb_writer.write_csv(str(tmp_path / 'Vital_p000010.csv'), *other)
   (tmp_path / 'notes.txt').write_text('not PulseDB')
-  plan = pulsedb_plan.plan(str(tmp_path), 'random', (0.8, 0.1, 0.1), 42, progress=False)
-  summary = plan.summary()
+  summary, _ = _in_process(tmp_path, 'random')
   assert summary['pulsedb']['kind'] == 'csv' and summary['windows_kept'] == 2 + 3
   assert {r: summary['rejects'][r] for r in BAD.values()} == {r: 1 for r in BAD.values()}
-  mimic = plan.files[str(tmp_path / 'MIMIC_p000010.csv')]
-  assert set(mimic.subjects) == {'p000010_0'}
-  (block,) = pulsedb.blocks(mimic.file, np.array([0, 5]), mimic.subjects)
+  (mimic,) = pulsedb.find_files(str(tmp_path / 'MIMIC_p000010.csv'))
+  assert set(pulsedb.subjects_of(mimic)) == {'p000010_0'}
+  (block,) = pulsedb.blocks(mimic, np.array([0, 5]), np.array(['p000010_0'] * 2))
   np.testing.assert_allclose(block.signals, signals[[0, 5], :2])
   np.testing.assert_allclose(block.sbp, sbp[[0, 5]])
-  assert set(plan.files[str(tmp_path / 'Vital_p000010.csv')].subjects) == {'p000010_1'}
+  (vital,) = pulsedb.find_files(str(tmp_path / 'Vital_p000010.csv'))
+  assert set(pulsedb.subjects_of(vital)) == {'p000010_1'}
   with pytest.raises(pulsedb.PulseDbError, match='no official split'):
-    pulsedb_plan.plan(str(tmp_path), 'pulsedb', (0.8, 0.1, 0.1), 42, progress=False)
+    prepare.window_job(_options(tmp_path, 'pulsedb'))
 
 
 @pytest.mark.parametrize('files,message', [
@@ -284,14 +299,39 @@ def test_unreadable_or_wrong_layout_files_are_reported(tmp_path):
                                         'SBP': sbp[:, None], 'DBP': dbp[:, None]})
     group.create_dataset('Signals', data=signals)
   scipy.io.savemat(str(tmp_path / 'CalFree_Test_Subset.mat'), {'Subset': {'SBP': sbp}})
-  plan = pulsedb_plan.plan(str(tmp_path), 'subject', (0.8, 0.1, 0.1), 42, progress=False)
-  reasons = dict(plan.failures)
-  assert 'expected (1250, 3, 4)' in reasons[str(tmp_path / 'Train_Subset.mat')]
-  assert 'older than v7.3' in reasons[str(tmp_path / 'CalFree_Test_Subset.mat')]
-  assert plan.summary()['windows_kept'] == 0
+  summary, _ = _in_process(tmp_path, 'subject')
+  reasons = {f['record']: f['reason'] for f in summary['failures']}
+  assert 'expected (1250, 3, 4)' in reasons['Train_Subset.mat']
+  assert 'older than v7.3' in reasons['CalFree_Test_Subset.mat']
+  assert summary['windows_kept'] == 0 and summary['records_failed'] == 2
   with pytest.raises(pulsedb.PulseDbError, match=r'needs Train_Subset.mat .* found none; .*'
                                                  r'Train_Subset.mat: .*expected \(1250, 3, 4\)'):
-    pulsedb_plan.plan(str(tmp_path), 'pulsedb', (0.8, 0.1, 0.1), 42, progress=False)
+    prepare.window_job(_options(tmp_path, 'pulsedb'))
+
+
+def test_a_block_that_fails_is_named_and_the_others_are_written(subsets, tmp_path, monkeypatch):
+  folder = subsets[0]
+  monkeypatch.setattr(pulsedb_plan, 'BLOCK', 16)  # Train's 39 rows: blocks 0-15, 16-31, 32-38
+  verdicts = pulsedb.verdicts
+
+  def failing(block):
+    if block.file.role == 'train' and block.rows[0] == 16:
+      raise OSError('Can\'t read data (inflate() failed)')
+    return verdicts(block)
+
+  monkeypatch.setattr(pulsedb, 'verdicts', failing)
+  summary, dataset_dir = tfds_builders.prepare_dataset(_options(folder, 'random'),
+                                                       str(tmp_path), progress=False)
+  assert summary['records_failed'] == 1 and summary['records_read'] == 4
+  assert summary['failures'] == [{'record': 'Train_Subset.mat rows 16-31',
+                                  'reason': "OSError: Can't read data (inflate() failed)"}]
+  builder = pipeline.load_builder(str(tmp_path))
+  records = {ex['record'].decode() for split in builder.info.splits
+             for ex in tfds.as_numpy(builder.as_dataset(split=split))}
+  train_rows = {int(r.rsplit(':', 1)[1]) for r in records if r.startswith('Train_Subset.mat')}
+  assert train_rows == set(range(39)) - set(range(16, 32)) - set(BAD)
+  assert summary['windows_kept'] == len(records) == 39 + 13 + 9 + 4 + 2 - 16 - 8
+  assert dataset_dir is not None
 
 
 def run_prepare(*flags):
@@ -352,10 +392,10 @@ def test_paper_config_refuses_a_calibration_free_dataset(subsets, tmp_path):
   from configs import paper  # pylint: disable=g-import-not-at-top
   builder = subsets[4]
   datasets.check_protocol(builder, paper.get_config('pulsedb,small,frozen').data.required_protocols)
-  plan = pulsedb_plan.plan(str(subsets[0]), 'subject', (0.6, 0.2, 0.2), 42, progress=False)
-  options = prepare.PrepareOptions(source='pulsedb', input_dir=str(subsets[0]),
-                                   protocol='subject', fractions=(0.6, 0.2, 0.2))
-  subject_builder = tfds_builders.build(options, str(tmp_path), plan=plan)
+  summary, dataset_dir = tfds_builders.prepare_dataset(
+      _options(subsets[0], 'subject', (0.6, 0.2, 0.2)), str(tmp_path), progress=False)
+  subject_builder = pipeline.load_builder(str(tmp_path))
+  assert summary['protocol'] == 'subject' and str(subject_builder.data_dir) == dataset_dir
   with pytest.raises(datasets.ProtocolMismatchError, match="built with protocol 'subject'"):
     datasets.check_protocol(subject_builder, ('random', 'pulsedb'))
   datasets.check_protocol(subject_builder, ())  # the default config takes any protocol
