@@ -86,7 +86,9 @@ _DATA_WINDOWS = flags.DEFINE_list(
 _DATA_WORKERS = flags.DEFINE_list('data_workers', ['1', '2'],
                                   'data: local Beam worker processes to compare.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
-                           'train: compute dtype of the model and the peak matmul.')
+                           'model, train: compute dtype of the model (parameters stay float32; '
+                           'the PyTorch reference of --compare_torch stays float32); train: '
+                           'also of the peak matmul.')
 _PULSEDB_GB = flags.DEFINE_list('pulsedb_gb', ['0.5', '3', '6'],
                                 'pulsedb: subset file sizes (GB).')
 _PULSEDB_WORKERS = flags.DEFINE_integer('pulsedb_workers', 1, 'pulsedb: local Beam worker '
@@ -150,7 +152,7 @@ def bench_model():
   rng = np.random.default_rng(0)
   for size in _SIZES.value:
     for attention_type in ATTENTION_TYPES:
-      config = ModelConfig.from_size(size, attention_type=attention_type)
+      config = ModelConfig.from_size(size, attention_type=attention_type, dtype=_DTYPE.value)
       params = model_lib.init_params(config, jax.random.PRNGKey(0), channels=_CHANNELS.value)
       forward = jax.jit(quantization.make_apply(config))
       one = rng.random((1, _CHANNELS.value, SAMPLES), dtype=np.float32)

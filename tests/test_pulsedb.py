@@ -339,14 +339,23 @@ def run_prepare(*flags):
                         capture_output=True, text=True, timeout=300, check=False)
 
 
-def test_prepare_data_command_on_pulsedb(subsets, tmp_path):
-  folder = subsets[0]
+def test_prepare_data_command_on_pulsedb_with_two_workers(subsets, tmp_path):
+  """The command on 2 Beam workers writes what the fixture wrote in this process."""
+  folder, out, _, _, builder = subsets
   result = run_prepare('--source=pulsedb', f'--input={folder}', f'--output={tmp_path / "a"}',
-                       '--protocol=pulsedb', '--pulsedb_sources=mimic')
+                       '--protocol=pulsedb', '--validation_fraction=0.25', '--workers=2')
   assert result.returncode == 0, result.stderr
   assert 'files read: 5, failed: 0' in result.stdout and 'test_calfree:' in result.stdout
-  summary = json.loads((tmp_path / 'a' / 'summary.json').read_text())
-  assert summary['pulsedb']['sources'] == ['mimic']
+  for name in ('summary.json', 'windows.csv'):
+    assert (tmp_path / 'a' / name).read_bytes() == (out / name).read_bytes(), name
+  two = pipeline.load_builder(str(tmp_path / 'a'))
+  assert set(two.info.splits) == set(builder.info.splits)
+  for split in builder.info.splits:
+    one_examples, two_examples = _examples(builder, split), _examples(two, split)
+    assert one_examples.keys() == two_examples.keys()
+    for record, ex in one_examples.items():
+      for feature, value in ex.items():
+        np.testing.assert_array_equal(two_examples[record][feature], value)
   empty = tmp_path / 'empty'
   empty.mkdir()
   result = run_prepare('--source=pulsedb', f'--input={empty}', f'--output={tmp_path / "b"}')
