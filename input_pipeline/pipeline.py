@@ -8,7 +8,6 @@ for evaluation, its consecutive shard (`tfds.split_for_jax_process`).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import glob
 import os
@@ -21,9 +20,6 @@ import tensorflow_datasets as tfds
 
 # The input pipeline runs on the host; keep TensorFlow off any accelerator JAX uses.
 tf.config.set_visible_devices([], 'GPU')
-
-_NUMERIC = ('signals', 'sbp', 'dbp')
-
 
 class DatasetNotFoundError(FileNotFoundError):
   """No prepared dataset where one was expected."""
@@ -59,20 +55,42 @@ def shard_seed(seed: int, shard: int) -> int:
   return int(np.random.SeedSequence([seed, shard]).generate_state(1)[0] >> 1)
 
 
-def _numeric(ds: tf.data.Dataset) -> tf.data.Dataset:
-  return ds.map(lambda ex: {k: ex[k] for k in _NUMERIC}, num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
+# The features training reads, as the TFDS builders store them: signals as the raw bytes
+# of a (2, 1250) float32 array, labels as float32 scalars.
+_TRAINING_FEATURES = {'signals': tf.io.FixedLenFeature([], tf.string),
+                      'sbp': tf.io.FixedLenFeature([], tf.float32),
+                      'dbp': tf.io.FixedLenFeature([], tf.float32)}
+
+
+def _parse_batch(serialized: tf.Tensor) -> dict:
+  """(B,) serialized examples -> {'signals' (B, 2, 1250), 'sbp', 'dbp' (B,)}, in one
+  vectorised parse (8x the windows/s of TFDS's example-by-example decoding)."""
+  batch = tf.io.parse_example(serialized, _TRAINING_FEATURES)
+  batch['signals'] = tf.reshape(tf.io.decode_raw(batch['signals'], tf.float32), (-1, 2, 1250))
+  return batch
+
+
+def _serialized(builder, split: str, start: int, end: int, file_seed: int | None):
+  """Serialized examples [start, end) of `split`, read from its files (interleaved 16 at
+  a time) in file order, or in an order of the files shuffled by `file_seed`."""
+  files = builder.info.splits[tfds.core.ReadInstruction(split, start, end, unit='abs')
+                              ].file_instructions
+  if file_seed is not None:
+    files = [files[i] for i in np.random.default_rng(file_seed).permutation(len(files))]
+  names = tf.data.Dataset.from_tensor_slices((
+      [f.filename for f in files], tf.constant([f.skip for f in files], tf.int64),
+      tf.constant([f.take for f in files], tf.int64)))
+  # Sequential interleave: on 2 cores the parallel one ran at half the windows/s.
+  return names.interleave(lambda name, skip, take: tf.data.TFRecordDataset(name).skip(skip)
+                          .take(take), cycle_length=16).with_options(_options())
 
 
 @functools.lru_cache(maxsize=8)
 def _in_memory(data_dir: str, split: str, start: int, end: int) -> tf.data.Dataset:
-  """Examples [start, end) of `split` in file order, kept in memory after the first pass
-  by every dataset built on top of it (tf.data's cache persists across iterators)."""
-  builder = tfds.builder_from_directory(data_dir)
-  ds = builder.as_dataset(split=tfds.core.ReadInstruction(split, start, end, unit='abs'),
-                          shuffle_files=False, read_config=tfds.ReadConfig(
-                              options=_options(), interleave_cycle_length=1))
-  return _numeric(ds).cache()
+  """Serialized examples [start, end) of `split` in file order, kept in memory after the
+  first pass by every dataset built on top of it (tf.data's cache persists across
+  iterators)."""
+  return _serialized(tfds.builder_from_directory(data_dir), split, start, end, None).cache()
 
 
 def train_batches(builder, batch_size: int, seed: int, shards=(0,), num_shards: int = 1,
@@ -87,30 +105,27 @@ def train_batches(builder, batch_size: int, seed: int, shards=(0,), num_shards: 
   process's devices), so the global batches depend on the seed and the number of devices,
   never on how many processes share them.
 
-  Shuffling: streamed from disk (cache=False), by file order and a buffer of
+  Shuffling: streamed from disk (cache=False), by the order of the files and a buffer of
   shuffle_buffer / num_shards windows; with `cache`, the range is read once per process
   and kept in memory (10 kB a window), and each call shuffles it with that buffer alone
   (a different order from the streamed one for the same seed, equally deterministic).
+  Examples are parsed after batching, a batch at a time.
   """
   if batch_size % num_shards:
     raise ValueError(f'batch size {batch_size} does not divide over {num_shards} shards')
   size = builder.info.splits[split].num_examples // num_shards
-  read_config = tfds.ReadConfig(options=_options(), interleave_cycle_length=16)
   streams = []
   for shard in shards:
-    if cache:
-      ds = _in_memory(str(builder.data_dir), split, shard * size, (shard + 1) * size)
-    else:
-      read_config = dataclasses.replace(read_config, shuffle_seed=shard_seed(seed, shard))
-      ds = _numeric(builder.as_dataset(
-          split=tfds.core.ReadInstruction(split, shard * size, (shard + 1) * size, unit='abs'),
-          shuffle_files=True, read_config=read_config))
+    start, end = shard * size, (shard + 1) * size
+    ds = (_in_memory(str(builder.data_dir), split, start, end) if cache else
+          _serialized(builder, split, start, end, shard_seed(seed, shard)))
     ds = ds.shuffle(max(1, shuffle_buffer // num_shards), seed=shard_seed(seed, shard),
                     reshuffle_each_iteration=True).repeat()
-    streams.append(ds.batch(batch_size // num_shards, drop_remainder=True))
+    streams.append(ds.batch(batch_size // num_shards, drop_remainder=True).map(
+        _parse_batch, num_parallel_calls=tf.data.AUTOTUNE))
   ds = tf.data.Dataset.zip(tuple(streams)).map(
-      lambda *parts: {k: tf.concat([p[k] for p in parts], 0) for k in _NUMERIC})
-  return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+      lambda *parts: {k: tf.concat([p[k] for p in parts], 0) for k in _TRAINING_FEATURES})
+  return ds.with_options(_options()).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
 def eval_batch_count(builder, split: str, batch_size: int) -> int:
@@ -132,7 +147,7 @@ def eval_batches(builder, split: str, batch_size: int) -> Iterator[dict]:
   read_config = tfds.ReadConfig(options=_options(), interleave_cycle_length=1)
   ds = builder.as_dataset(split=tfds.split_for_jax_process(split, drop_remainder=False),
                           shuffle_files=False, read_config=read_config)
-  ds = ds.map(lambda ex: {k: ex[k] for k in (*_NUMERIC, 'subject')})
+  ds = ds.map(lambda ex: {k: ex[k] for k in (*_TRAINING_FEATURES, 'subject')})
   batches = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
   empty = {'signals': np.zeros((0, 2, 1250), np.float32), 'sbp': np.zeros(0, np.float32),
            'dbp': np.zeros(0, np.float32), 'subject': np.zeros(0, object)}
