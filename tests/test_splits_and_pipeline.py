@@ -94,6 +94,12 @@ def test_train_batches_are_deterministic_per_seed(dataset, cache):
   seen = np.sort(np.concatenate([b['sbp'] for b in first]))
   assert len(np.unique(seen)) == len(seen)
   assert set(seen) <= set(prepared.sbp[prepared.split['train']])
+  # Each row is a whole window: its signals and both labels, parsed from the files.
+  train = prepared.split['train']
+  for row in range(8):
+    (i,) = train[prepared.sbp[train] == first[0]['sbp'][row]]
+    np.testing.assert_array_equal(first[0]['signals'][row], prepared.signals[i])
+    assert first[0]['dbp'][row] == prepared.dbp[i]
 
 
 def test_train_batches_of_several_devices_do_not_depend_on_the_processes(dataset):
