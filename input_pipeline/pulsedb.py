@@ -310,7 +310,7 @@ def _csv_subject(path: str, source: str) -> str:
 
 def _csv_count(path: str) -> int:
   """Data rows of the export (its non-blank lines after the header), without parsing
-  them: the checks pass parses every row anyway."""
+  them: the blocks parse every row anyway."""
   with open(path, newline='') as f:
     _csv_columns(path, next(csv.reader([f.readline()]), []))
     return sum(1 for line in f if line.strip())
