@@ -15,12 +15,12 @@ from cerebro_jax.quant import quantization as q
 
 import one_layer
 
-TINY = ModelConfig.from_size('small', depth=2)
+TINY = ModelConfig.from_size('small', depth=1)
 
 
 @pytest.fixture(scope='module')
 def tiny():
-  """A 2-block CEReBrO small with outputs spread over several mmHg, and 24 windows."""
+  """A 1-block CEReBrO small with outputs spread over several mmHg, and 24 windows."""
   params = model_lib.init_params(TINY, jax.random.PRNGKey(0))
   params['head']['kernel'] = params['head']['kernel'] * 300
   params['head']['bias'] = np.array([80.0, 120.0], np.float32)
@@ -53,7 +53,7 @@ def test_minmax_ranges_are_every_layers_input_extremes(tiny):
   params, x = tiny
   ranges = calibration.layer_ranges(params, TINY, x, 'minmax', batch_size=8)
   inputs = _layer_inputs(params, x)
-  assert len(inputs) == 2 * 4 + 1  # qkv, proj, fc1, fc2 per block, and the head
+  assert len(inputs) == TINY.depth * 4 + 1  # qkv, proj, fc1, fc2 per block, and the head
   assert set(ranges) == set(inputs)
   for layer, values in inputs.items():  # to float rounding (here eager, there jitted)
     np.testing.assert_allclose(ranges[layer], (values.min(), values.max()), rtol=1e-6)
@@ -106,8 +106,10 @@ def test_percentile_observer_reads_the_histogram_correctly(tiny):
   assert cut == calibration.layer_ranges(params, TINY, x, 'percentile', 99)  # deterministic
   values = _layer_inputs(params, x)['head']
   low, high = minmax['head']
-  step = (high - low) / calibration.BINS  # the histogram's resolution
-  assert abs(cut['head'][0] - np.percentile(values, 1)) <= step
+  # Within two bins: the bin's edge, plus np.percentile's interpolation between samples
+  # that may fall in the neighbouring bin (the histogram bins float32 values).
+  step = (high - low) / calibration.BINS
+  assert abs(cut['head'][0] - np.percentile(values, 1)) <= 2 * step
   assert abs(cut['head'][1] - np.percentile(values, 99)) <= 2 * step
   assert all(minmax[k][0] <= lo <= hi <= minmax[k][1] for k, (lo, hi) in cut.items())
   assert all(hi - lo < 0.9 * (minmax[k][1] - minmax[k][0]) for k, (lo, hi) in cut.items())

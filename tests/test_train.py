@@ -27,7 +27,7 @@ TINY = ModelConfig(embed_dim=48, depth=2, num_heads=4, drop_path_rate=0.2)
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
   config = default.get_config()
-  config.model.size, config.model.depth = 'small', 2
+  config.model.size, config.model.depth = 'small', 1
   config.data.num_subjects, config.data.minutes_per_subject = 6, 1.0
   config.batch_size, config.eval_batch_size = 8, 16
   config.num_epochs, config.log_every_steps = 3, 2
