@@ -225,21 +225,18 @@ def bench_data():
       num_subjects=_SUBJECTS.value, minutes_per_subject=10.0))
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
-    start = time.perf_counter()
-    prepared = prepare.prepare(options, progress=False)
-    seconds = time.perf_counter() - start
-    rows.append({'stage': 'synthetic: generate + window + label (1 process)',
-                 'rate': len(prepared.candidates) / seconds, 'unit': 'windows/s'})
     records_dir = os.path.join(tmp, 'wfdb')
     os.makedirs(records_dir)
     for i in range(_SUBJECTS.value):
       mimic3.write_record(synthetic.subject(i, options.cohort)[0], records_dir)
-    start = time.perf_counter()
-    from_files = prepare.prepare(dataclasses.replace(options, source='mimic3',
-                                                     input_dir=records_dir), progress=False)
-    seconds = time.perf_counter() - start
-    rows.append({'stage': 'WFDB records: read + window + label (1 process)',
-                 'rate': len(from_files.candidates) / seconds, 'unit': 'windows/s'})
+    for stage, source in (('synthetic: generate + window + label', options),
+                          ('WFDB records: read + window + label', dataclasses.replace(
+                              options, source='mimic3', input_dir=records_dir))):
+      windows = len(prepare.prepare(source, progress=False).candidates)
+      seconds = median_seconds(lambda s: prepare.prepare(s, progress=False), source,
+                               repeats=_REPEATS.value)
+      rows.append({'stage': f'{stage} (1 process, median of {_REPEATS.value})',
+                   'rate': windows / seconds, 'unit': 'windows/s'})
     context = multiprocessing.get_context('spawn')
     for windows in map(int, _DATA_WINDOWS.value):
       for workers in map(int, _DATA_WORKERS.value):
