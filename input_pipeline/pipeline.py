@@ -82,7 +82,7 @@ def _serialized(builder, split: str, start: int, end: int, file_seed: int | None
       tf.constant([f.take for f in files], tf.int64)))
   # Sequential interleave: on 2 cores the parallel one ran at half the windows/s.
   return names.interleave(lambda name, skip, take: tf.data.TFRecordDataset(name).skip(skip)
-                          .take(take), cycle_length=16).with_options(_options())
+                          .take(take), cycle_length=16)
 
 
 @functools.lru_cache(maxsize=8)

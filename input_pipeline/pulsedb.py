@@ -382,8 +382,9 @@ def blocks(pf: PulseFile, rows: np.ndarray, subjects: np.ndarray, block_size: in
   """The file's rows `rows` (sorted, increasing) in blocks of at most block_size rows
   (subset files: of rows within one range [k * block_size, (k + 1) * block_size)).
 
-  subjects: the key of each of `rows` (from subjects_of). extras=False skips reading gender (a string
-  per row, the slowest part of a subset file): Block.extras['gender'] is then ''.
+  subjects: the key of each of `rows` (from subjects_of). extras=False skips reading
+  gender (a string per row, the slowest part of a subset file): Block.extras['gender'] is
+  then ''.
   Raises PulseDbError, matlab_v73.MatFileError or OSError (h5py) for files that are
   corrupt or not PulseDB's layout.
   """

@@ -209,8 +209,8 @@ def _torch_train_seconds(torch, module, batch: dict) -> float:
   return median_seconds(step, signals, repeats=_REPEATS.value)
 
 
-def _prepare_in_child(options, output_dir: str, workers: int, queue) -> None:
-  """In a fresh process: the Beam windowing + TFDS write, timed, with peak memory."""
+def _prepare_and_report(options, output_dir: str, workers: int, queue) -> None:
+  """The Beam windowing + TFDS write of `options`, timed, with peak memory (run in a child)."""
   start = time.perf_counter()
   with contextlib.redirect_stdout(sys.stderr):  # TFDS prints; stdout is for the figures
     summary, _ = tfds_builders.prepare_dataset(
@@ -218,6 +218,20 @@ def _prepare_in_child(options, output_dir: str, workers: int, queue) -> None:
   queue.put({'seconds': time.perf_counter() - start, 'windows': summary['candidate_windows'],
              'rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
              'worker_rss_mib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024})
+
+
+def _prepare_in_child(options, output_dir: str, workers: int) -> dict:
+  """prepare_dataset of `options` with `workers` Beam workers in a fresh process:
+  {'seconds', 'windows' (candidates), 'rss_mib', 'worker_rss_mib'}: peak resident memory
+  of that process and of its largest child."""
+  context = multiprocessing.get_context('spawn')
+  queue = context.Queue()
+  child = context.Process(target=_prepare_and_report,
+                          args=(options, output_dir, workers, queue))
+  child.start()
+  result = queue.get()
+  child.join()
+  return result
 
 
 def bench_data():
@@ -237,19 +251,14 @@ def bench_data():
                                repeats=_REPEATS.value)
       rows.append({'stage': f'{stage} (1 process, median of {_REPEATS.value})',
                    'rate': windows / seconds, 'unit': 'windows/s'})
-    context = multiprocessing.get_context('spawn')
     for windows in map(int, _DATA_WINDOWS.value):
       for workers in map(int, _DATA_WORKERS.value):
         # 10-minute subjects give 60 candidate windows each.
         cohort = synthetic.CohortConfig(num_subjects=max(1, windows // 60),
                                         minutes_per_subject=10.0)
         output_dir = os.path.join(tmp, f'beam_{windows}_{workers}')
-        queue = context.Queue()
-        child = context.Process(target=_prepare_in_child, args=(
-            dataclasses.replace(options, cohort=cohort), output_dir, workers, queue))
-        child.start()
-        result = queue.get()
-        child.join()
+        result = _prepare_in_child(dataclasses.replace(options, cohort=cohort), output_dir,
+                                   workers)
         rows.append({'stage': f'prepare_data (Beam + TFDS), {result["windows"]} windows, '
                               f'{workers} worker(s)',
                      'rate': result['windows'] / result['seconds'], 'unit': 'windows/s',
@@ -277,21 +286,6 @@ def bench_data():
   return rows
 
 
-def _import_pulsedb(input_dir: str, output_dir: str, workers: int, queue) -> None:
-  """In a fresh process: the PulseDB import, timed, with peak memory of this process and
-  of its Beam workers."""
-  options = prepare.PrepareOptions(source='pulsedb', input_dir=input_dir, protocol='random')
-  start = time.perf_counter()
-  blocks = len(prepare.window_job(options).units)  # the listing alone, timed
-  listing_s = time.perf_counter() - start
-  start = time.perf_counter()
-  tfds_builders.prepare_dataset(options, output_dir, progress=False,
-                                pipeline_options=beam_prepare.beam_options(workers))
-  queue.put({'listing_s': listing_s, 'blocks': blocks, 'total_s': time.perf_counter() - start,
-             'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-             'worker_peak_rss_mib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024})
-
-
 def bench_pulsedb():
   rows = []
   rng = np.random.default_rng(0)
@@ -309,19 +303,18 @@ def bench_pulsedb():
           path, (base[:min(block, count - a)] + a for a in range(0, count, block)), count,
           rng.uniform(100, 160, count), rng.uniform(50, 90, count), keys, compression=None)
       written = time.perf_counter() - start
-      context = multiprocessing.get_context('spawn')
-      queue = context.Queue()
-      child = context.Process(target=_import_pulsedb, args=(
-          folder, os.path.join(tmp, f'out_{gb}'), _PULSEDB_WORKERS.value, queue))
-      child.start()
-      result = queue.get()
-      child.join()
+      options = prepare.PrepareOptions(source='pulsedb', input_dir=folder, protocol='random')
+      start = time.perf_counter()
+      blocks = len(prepare.window_job(options).units)  # the listing alone, timed here
+      listing_s = time.perf_counter() - start
+      result = _prepare_in_child(options, os.path.join(tmp, f'out_{gb}'),
+                                 _PULSEDB_WORKERS.value)
       rows.append({'file_gb': os.path.getsize(path) / 1e9, 'segments': count,
                    'workers': _PULSEDB_WORKERS.value, 'write_s': written,
-                   'listing_s': result['listing_s'], 'blocks': result['blocks'],
-                   'import_windows_per_s': count / result['total_s'],
-                   'peak_rss_mib': result['peak_rss_mib'],
-                   'worker_peak_rss_mib': result['worker_peak_rss_mib']})
+                   'listing_s': listing_s, 'blocks': blocks,
+                   'import_windows_per_s': count / result['seconds'],
+                   'peak_rss_mib': result['rss_mib'],
+                   'worker_peak_rss_mib': result['worker_rss_mib']})
       os.remove(path)
   return rows
 
