@@ -209,3 +209,29 @@ def test_skewness_is_scipys():
   for x in (rng.gamma(2.0, 1.0, 1250) - 2.0, -rng.gamma(3.0, 1.0, 1250), rng.normal(size=64)):
     assert skewness(x) == pytest.approx(float(stats.skew(x)), rel=1e-12)
   assert np.isnan(skewness(np.full(100, 0.5)))
+
+
+def test_beats_of_stacked_windows_equal_each_windows_own(subject):
+  """Batched beat detection: a window's peaks and feet do not depend on its neighbours
+  (ranges that would cross a window's edge are dropped per window)."""
+  from input_pipeline import beats as beat_detection  # pylint: disable=import-outside-toplevel
+  record, _ = subject
+  filtered = beat_detection.filter_pulse(record.abp)
+  for offset in range(0, 150, 5):  # windows shifted so that beats fall on their edges
+    n = (record.num_samples - offset) // WINDOW
+    rows = [x[offset:offset + n * WINDOW].reshape(n, WINDOW) for x in (record.abp, filtered)]
+    stacked = beat_detection.abp_beats_of_windows(*rows)
+    for k in range(n):
+      peaks, feet = beat_detection.abp_beats(rows[0][k], rows[1][k])
+      assert 10 <= len(peaks) == len(feet) + 1
+      np.testing.assert_array_equal(stacked[k][0], peaks)
+      np.testing.assert_array_equal(stacked[k][1], feet)
+
+
+@pytest.mark.parametrize('width', [1, 14, 83])
+def test_moving_average_is_numpys_same_mode_convolution(width):
+  from input_pipeline import beats as beat_detection  # pylint: disable=import-outside-toplevel
+  x = np.random.default_rng(width).gamma(2.0, 3.0, (3, 1250))
+  expected = np.stack([np.convolve(row, np.ones(width) / width, mode='same') for row in x])
+  np.testing.assert_allclose(beat_detection._moving_average(x, width), expected, rtol=1e-12,
+                             atol=1e-12)
