@@ -175,7 +175,7 @@ def _subset_subjects(path: str) -> np.ndarray:
 
 
 def _subset_blocks(pf: PulseFile, rows: np.ndarray, subjects: np.ndarray,
-                   block_size: int, extras: bool) -> Iterator[Block]:
+                   block_size: int) -> Iterator[Block]:
   with matlab_v73.open_file(pf.path) as f:
     group = _subset_group(f, pf.path)
     count = group['Subject'].size
@@ -196,7 +196,7 @@ def _subset_blocks(pf: PulseFile, rows: np.ndarray, subjects: np.ndarray,
                                       hi)[wanted - lo]
 
       part = np.asarray(signals[:, 0:2, lo:hi], np.float64).transpose(2, 1, 0)[wanted - lo]
-      gender = ([''] * len(wanted) if not extras or 'Gender' not in present else
+      gender = ([''] * len(wanted) if 'Gender' not in present else
                 matlab_v73.read_strings(
                     f, matlab_v73.column_values(group['Gender'], lo, hi)[wanted - lo],
                     f'{pf.path}: Subset.Gender'))
@@ -252,7 +252,7 @@ def _segment_value(file, ref, length: int | None):
 
 
 def _segment_blocks(pf: PulseFile, rows: np.ndarray, subjects: np.ndarray,
-                    block_size: int, extras: bool) -> Iterator[Block]:
+                    block_size: int) -> Iterator[Block]:
   with matlab_v73.open_file(pf.path) as f:
     group = _segments_group(f, pf.path)
     refs = {n: np.asarray(group[n][()]).ravel() for n in
@@ -276,7 +276,7 @@ def _segment_blocks(pf: PulseFile, rows: np.ndarray, subjects: np.ndarray,
             empty[i] |= e and key.startswith('Seg')
             if x is not None:
               values[key][i] = x[0]
-        if extras and 'Gender' in refs:
+        if 'Gender' in refs:
           gender[i] = matlab_v73.read_string(f[refs['Gender'][row]])
       yield Block(file=pf, rows=wanted, signals=signals, sbp=values['SegSBP'],
                   dbp=values['SegDBP'], subject=subjects[start:start + block_size], empty=empty,
@@ -317,8 +317,7 @@ def _csv_count(path: str) -> int:
 
 
 def _csv_blocks(pf: PulseFile, rows: np.ndarray, subjects: np.ndarray,
-                block_size: int, extras: bool) -> Iterator[Block]:
-  del extras  # the export has none
+                block_size: int) -> Iterator[Block]:
   wanted_rows = set(rows.tolist())
   with open(pf.path, newline='') as f:
     reader = csv.reader(f)
@@ -377,14 +376,12 @@ def subjects_of(pf: PulseFile) -> np.ndarray:
   return np.full(_csv_count(pf.path), _csv_subject(pf.path, pf.source))
 
 
-def blocks(pf: PulseFile, rows: np.ndarray, subjects: np.ndarray, block_size: int = 1024,
-           extras: bool = True) -> Iterator[Block]:
+def blocks(pf: PulseFile, rows: np.ndarray, subjects: np.ndarray,
+           block_size: int = 1024) -> Iterator[Block]:
   """The file's rows `rows` (sorted, increasing) in blocks of at most block_size rows
   (subset files: of rows within one range [k * block_size, (k + 1) * block_size)).
 
-  subjects: the key of each of `rows` (from subjects_of). extras=False skips reading
-  gender (a string per row, the slowest part of a subset file): Block.extras['gender'] is
-  then ''.
+  subjects: the key of each of `rows` (from subjects_of).
   Raises PulseDbError, matlab_v73.MatFileError or OSError (h5py) for files that are
   corrupt or not PulseDB's layout.
   """
@@ -392,7 +389,7 @@ def blocks(pf: PulseFile, rows: np.ndarray, subjects: np.ndarray, block_size: in
   if len(rows) and np.any(np.diff(rows) <= 0):
     raise ValueError('rows must be strictly increasing')  # h5py needs increasing indices
   reader = {'subset': _subset_blocks, 'segments': _segment_blocks, 'csv': _csv_blocks}[pf.kind]
-  return reader(pf, rows, subjects, block_size, extras)
+  return reader(pf, rows, subjects, block_size)
 
 
 def verdicts(block: Block) -> np.ndarray:
