@@ -173,13 +173,11 @@ def _labels(raw_abp: np.ndarray, peaks: np.ndarray, feet: np.ndarray):
   return float(raw_abp[peaks].mean()), float(raw_abp[feet].mean()), heart_rate
 
 
-def _ecg_faults(raw: np.ndarray, filtered: np.ndarray, rules: QualityRules) -> np.ndarray:
-  """(..., n, T) ECG windows -> (..., n): the first ECG-only rule each fails ('' if
-  none)."""
-  finite = np.isfinite(raw).all(axis=-1) & np.isfinite(filtered).all(axis=-1)
-  return np.select([~finite, _is_flat(raw, rules.flat_seconds),
-                    _is_clipped(raw, rules.max_extreme_run)],
-                   ['nan', 'flat_line', 'clipping'], '').astype(object)
+def _ecg_passes(raw: np.ndarray, filtered: np.ndarray, rules: QualityRules) -> np.ndarray:
+  """(..., n, T) ECG windows -> (..., n): True where a lead's window passes the ECG-only
+  rules (no NaN, no flat line, no clipping)."""
+  return (np.isfinite(raw).all(axis=-1) & np.isfinite(filtered).all(axis=-1) &
+          ~_is_flat(raw, rules.flat_seconds) & ~_is_clipped(raw, rules.max_extreme_run))
 
 
 class _Verdicts:
@@ -237,7 +235,7 @@ def _choose_leads(raw_ecg: np.ndarray, filtered_ecg: np.ndarray, rules: QualityR
   """Per window, the row of the lead it uses (see the module doc), or -1 when no lead is
   present throughout the window. raw_ecg, filtered_ecg: (L, n, 1250) -> (n,) int."""
   present = np.isfinite(raw_ecg).all(axis=-1)  # (L, n)
-  usable = present & (_ecg_faults(raw_ecg, filtered_ecg, rules) == '')
+  usable = present & _ecg_passes(raw_ecg, filtered_ecg, rules)
   return np.where(usable.any(axis=0), usable.argmax(axis=0),
                   np.where(present.any(axis=0), present.argmax(axis=0), -1))
 
