@@ -4,8 +4,9 @@
          at --batch (windows/s), and memory of one attention layer at --batch: XLA's
          scratch bytes for the compiled layer (norm + qkv + attention + proj) and the
          size of its softmax weights (B x H x groups x L x L float32).
-  data   Windows prepared per second in one process (one core does the work) from the
-         synthetic generator and from WFDB records of the same cohort written to disk;
+  data   Windows prepared per second in one process (one core does the work): windowing
+         alone (the cohort's records already in memory), from the synthetic generator
+         and from WFDB records of the same cohort written to disk;
          then for each --data_windows and --data_workers, the whole preparation as
          scripts/prepare_data.py runs it (Beam windowing + TFDS write) of a synthetic
          cohort of that many windows in a fresh process: windows/s, seconds and peak
@@ -70,6 +71,7 @@ from configs import default
 from configs import pretrain as pretrain_configs
 from input_pipeline import (beam_prepare, mimic3, pipeline, prepare, pulsedb_writer, synthetic,
                             tfds_builders)
+from input_pipeline.windows import windows_of
 
 _SIZES = flags.DEFINE_multi_enum('sizes', list(SIZES), list(SIZES), 'Model sizes to measure.')
 _BATCH = flags.DEFINE_integer('batch', 256, 'Batch for throughput and memory.', lower_bound=1)
@@ -241,8 +243,14 @@ def bench_data():
   with tempfile.TemporaryDirectory() as tmp:
     records_dir = os.path.join(tmp, 'wfdb')
     os.makedirs(records_dir)
-    for i in range(_SUBJECTS.value):
-      mimic3.write_record(synthetic.subject(i, options.cohort)[0], records_dir)
+    records = [synthetic.subject(i, options.cohort)[0] for i in range(_SUBJECTS.value)]
+    for record in records:
+      mimic3.write_record(record, records_dir)
+    windows = sum(len(list(windows_of(r))) for r in records)
+    seconds = median_seconds(lambda rs: [list(windows_of(r)) for r in rs], records,
+                             repeats=_REPEATS.value)
+    rows.append({'stage': f'windowing alone: the records in memory (median of '
+                          f'{_REPEATS.value})', 'rate': windows / seconds, 'unit': 'windows/s'})
     for stage, source in (('synthetic: generate + window + label', options),
                           ('WFDB records: read + window + label', dataclasses.replace(
                               options, source='mimic3', input_dir=records_dir))):
