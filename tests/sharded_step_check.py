@@ -1,4 +1,4 @@
-"""Run with XLA_FLAGS=--xla_force_host_platform_device_count=4 (tests/test_train.py does):
+"""Run with JAX_NUM_CPU_DEVICES=4 (tests/test_train.py does):
 three train steps on a 4-device data-parallel mesh equal the same steps on one device,
 for fine-tuning and for masked-patch pre-training (whose token masks are drawn on the
 sharded batch).

@@ -127,8 +127,7 @@ def test_warmup_cosine_schedule():
 
 def test_four_devices_equal_one_device():
   script = (REPO_ROOT / 'tests' / 'sharded_step_check.py')
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4',
-         'JAX_PLATFORMS': 'cpu'}
+  env = {**os.environ, 'JAX_NUM_CPU_DEVICES': '4', 'JAX_PLATFORMS': 'cpu'}
   result = subprocess.run([sys.executable, str(script)], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
