@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cerebro_jax import forward as forward_lib
 from cerebro_jax.models import model as model_lib
 from cerebro_jax.models.model_config import ModelConfig
-from cerebro_jax.quant import quantization
 from cerebro_jax.quant.quantization import QuantSpec
 from input_pipeline import mimic3, vitaldb_files
 from input_pipeline.records import Record
@@ -71,7 +71,7 @@ def load_windows(path: str | os.PathLike, scale: bool = False) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _forward(config: ModelConfig, spec: QuantSpec):
-  return jax.jit(quantization.make_apply(config, spec))
+  return forward_lib.jit(config, spec)
 
 
 def predict_windows(params, config: ModelConfig, windows: np.ndarray, batch_size: int = 256,

@@ -64,7 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from cerebro_jax import cli, sharding
+from cerebro_jax import cli, forward as forward_lib, sharding
 from cerebro_jax.evaluators import evaluation
 from cerebro_jax.models import checkpoints, convert, model as model_lib
 from cerebro_jax.models.model_config import ATTENTION_TYPES, SIZES, ModelConfig
@@ -165,7 +165,7 @@ def bench_model():
     for attention_type in ATTENTION_TYPES:
       config = ModelConfig.from_size(size, attention_type=attention_type, dtype=_DTYPE.value)
       params = model_lib.init_params(config, jax.random.PRNGKey(0), channels=_CHANNELS.value)
-      forward = jax.jit(quantization.make_apply(config))
+      forward = forward_lib.jit(config)
       one = rng.random((1, _CHANNELS.value, SAMPLES), dtype=np.float32)
       many = rng.random((_BATCH.value, _CHANNELS.value, SAMPLES), dtype=np.float32)
       latency = median_seconds(forward, params, one, repeats=_REPEATS.value)
@@ -479,8 +479,7 @@ def _quant_jax_rows(config, params, windows, workdir):
            'int8_dynamic': quantization.QuantSpec('int8_dynamic', scheme='pytorch')}
   rows = []
   for mode, tree in trees.items():
-    forward = jax.jit(quantization.make_apply(config, specs.get(mode,
-                                                                quantization.QuantSpec(mode))))
+    forward = forward_lib.jit(config, specs.get(mode, quantization.QuantSpec(mode)))
     tree = jax.tree.map(jnp.asarray, tree)
     directory = checkpoints.save_model(os.path.join(workdir, mode), tree, config)
     rows.append({'runtime': 'jax', 'format': mode, **{

@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from cerebro_jax import inference
+from cerebro_jax import forward, inference
 from cerebro_jax.models import checkpoints, model as model_lib
 from cerebro_jax.models.model_config import ModelConfig
+from cerebro_jax.quant import quantization
 from conftest import REPO_ROOT
 
 
@@ -90,6 +91,24 @@ def test_batched_prediction_equals_one_pass(saved_model):
   one = np.asarray(model_lib.CerebroBP(config).apply({'params': params}, x))
   np.testing.assert_allclose(inference.predict_windows(params, config, x, batch_size=3), one,
                              rtol=1e-6, atol=1e-5)
+
+
+def test_forward_options_only_where_they_apply(saved_model, monkeypatch):
+  """The float forward pass compiles with YNNPACK fusions off on this CPU (its outputs are
+  the model's), the integer INT8 path with XLA's defaults; an XLA that does not know the
+  option gets none instead of failing to compile."""
+  _, params, config = saved_model
+  assert forward.compiler_options() == forward.CPU_OPTIONS
+  assert forward.compiler_options(quantization.QuantSpec('int8_weights')) == forward.CPU_OPTIONS
+  assert forward.compiler_options(quantization.QuantSpec('int8_dynamic')) == {}
+  x = np.random.default_rng(2).random((3, 2, 1250), dtype=np.float32)
+  expected = np.asarray(model_lib.CerebroBP(config).apply({'params': params}, x))
+  np.testing.assert_allclose(forward.jit(config)(params, x), expected, rtol=1e-6, atol=1e-5)
+  monkeypatch.setattr(forward, 'CPU_OPTIONS', {'xla_cpu_no_such_option': ''})
+  forward._cpu_options_known.cache_clear()  # pylint: disable=protected-access
+  monkeypatch.setattr(forward, '_cpu_options_known', forward._cpu_options_known.__wrapped__)  # pylint: disable=protected-access
+  assert forward.compiler_options() == {}
+  np.testing.assert_allclose(forward.jit(config)(params, x), expected, rtol=1e-6, atol=1e-5)
 
 
 def run(*args):

@@ -8,10 +8,9 @@ import os
 import jax
 import numpy as np
 
-from cerebro_jax import datasets, distributed, sharding
+from cerebro_jax import datasets, distributed, forward as forward_lib, sharding
 from cerebro_jax.evaluators import metrics, report
 from cerebro_jax.models import checkpoints, model as model_lib
-from cerebro_jax.quant import quantization
 from cerebro_jax.quant.quantization import QuantSpec
 from input_pipeline import pipeline, splits, tfds_builders
 
@@ -20,9 +19,9 @@ from input_pipeline import pipeline, splits, tfds_builders
 def predict_fn(model_config, mesh, spec: QuantSpec = QuantSpec()):
   """Jitted (params, signals (B, 2, 1250)) -> (B, 2) outputs, batch split over `mesh`;
   params as `spec` says (float32, or quantized)."""
-  return jax.jit(quantization.make_apply(model_config, spec),
-                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
-                 out_shardings=sharding.batch_sharded(mesh))
+  return forward_lib.jit(model_config, spec,
+                         in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+                         out_shardings=sharding.batch_sharded(mesh))
 
 
 def predict_split(params, model_config, builder, split: str, batch_size: int, mesh,

@@ -1,0 +1,50 @@
+"""The jitted forward pass of a BP model for prediction and evaluation, compiled with the
+XLA options that make it faster on CPUs.
+
+On jaxlib 0.10's CPU backend, XLA's YNNPACK fusions (its default for matmuls) run
+CEReBrO's float forward pass slower than XLA's other kernels: turning them off made
+batch-1 latency 1.35x and batch 256 1.28x faster here, and weight-only INT8 (float
+matmuls on dequantized weights) 1.32x and 1.22x (docs/benchmarks.md). The integer
+INT8 paths gained nothing and keep XLA's defaults, and so does training: the options
+change rounding in the last digit, and with it a training trajectory; for inference they
+move outputs by about 3e-8 mmHg.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+
+from cerebro_jax.models.model_config import ModelConfig
+from cerebro_jax.quant import quantization
+from cerebro_jax.quant.quantization import QuantSpec
+
+CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}  # YNNPACK fusions off
+FLOAT_MATMUL_MODES = ('float32', 'int8_weights')  # the modes CPU_OPTIONS speed up
+
+
+@functools.cache
+def _cpu_options_known() -> bool:
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=CPU_OPTIONS).lower(0.0).compile()
+  except jax.errors.JaxRuntimeError:  # 'No such compile option'
+    return False
+  return True
+
+
+def compiler_options(spec: QuantSpec = QuantSpec()) -> dict:
+  """CPU_OPTIONS for the float-matmul modes when the default backend is a CPU whose XLA
+  knows them; {} otherwise (integer INT8 paths, a GPU or TPU, or another jaxlib where the
+  experimental option is gone)."""
+  if (spec.mode not in FLOAT_MATMUL_MODES or jax.default_backend() != 'cpu'
+      or not _cpu_options_known()):
+    return {}
+  return dict(CPU_OPTIONS)
+
+
+def jit(config: ModelConfig, spec: QuantSpec = QuantSpec(), **jit_kwargs):
+  """jax.jit of quantization.make_apply(config, spec): (params, signals (B, C, 1250)) ->
+  (B, 2) [DBP, SBP] mmHg, with compiler_options(spec); jit_kwargs go to jax.jit."""
+  return jax.jit(quantization.make_apply(config, spec),
+                 compiler_options=compiler_options(spec), **jit_kwargs)
