@@ -117,15 +117,21 @@ _JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
 SAMPLES = 1250
 
 
-def median_seconds(fn, *args, repeats):
-  """Median wall time of `fn(*args)` after one warm-up (compilation) call."""
-  jax.block_until_ready(fn(*args))
+def warm_result_and_seconds(fn, *args, repeats):
+  """(the result of a first, warm-up (compilation) call of `fn(*args)`, the median wall
+  time of `repeats` more calls)."""
+  result = jax.block_until_ready(fn(*args))
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return result, statistics.median(times)
+
+
+def median_seconds(fn, *args, repeats):
+  """Median wall time of `fn(*args)` after one warm-up (compilation) call."""
+  return warm_result_and_seconds(fn, *args, repeats=repeats)[1]
 
 
 class AttentionLayer(nn.Module):
@@ -258,17 +264,17 @@ def bench_data():
     records = [synthetic.subject(i, options.cohort)[0] for i in range(_SUBJECTS.value)]
     for record in records:
       mimic3.write_record(record, records_dir)
-    windows = sum(len(list(windows_of(r))) for r in records)
-    seconds = median_seconds(lambda rs: [list(windows_of(r)) for r in rs], records,
-                             repeats=_REPEATS.value)
+    candidates, seconds = warm_result_and_seconds(
+        lambda rs: [list(windows_of(r)) for r in rs], records, repeats=_REPEATS.value)
+    windows = sum(map(len, candidates))
     rows.append({'stage': f'windowing alone: the records in memory (median of '
                           f'{_REPEATS.value})', 'rate': windows / seconds, 'unit': 'windows/s'})
     for stage, source in (('synthetic: generate + window + label', options),
                           ('WFDB records: read + window + label', dataclasses.replace(
                               options, source='mimic3', input_dir=records_dir))):
-      windows = len(prepare.prepare(source, progress=False).candidates)
-      seconds = median_seconds(lambda s: prepare.prepare(s, progress=False), source,
-                               repeats=_REPEATS.value)
+      prepared, seconds = warm_result_and_seconds(
+          lambda s: prepare.prepare(s, progress=False), source, repeats=_REPEATS.value)
+      windows = len(prepared.candidates)
       rows.append({'stage': f'{stage} (1 process, median of {_REPEATS.value})',
                    'rate': windows / seconds, 'unit': 'windows/s'})
     for windows in map(int, _DATA_WINDOWS.value):
