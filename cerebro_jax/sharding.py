@@ -18,8 +18,8 @@ def use_cpu_devices(count: int) -> None:
   """Splits this process's CPU into `count` JAX devices, so that the data mesh runs a
   batch's shards side by side on the cores (0: JAX's default, one CPU device).
 
-  On 2 cores, 2 devices trained CEReBrO small 1.26x faster than one device using both
-  cores (docs/benchmarks.md): XLA runs one operation at a time, and few of them keep two
+  On 2 cores, 2 devices trained CEReBrO small 1.10-1.16x faster than one device using
+  both cores (docs/benchmarks.md): XLA runs one operation at a time, and few of them keep two
   cores busy. Batches must then divide by `count`. Only the CPU backend is affected (a
   GPU or TPU job keeps its devices). Must run before anything touches a JAX device.
   """
