@@ -235,7 +235,7 @@ def _choose_leads(raw_ecg: np.ndarray, filtered_ecg: np.ndarray, rules: QualityR
   """Per window, the row of the lead it uses (see the module doc), or -1 when no lead is
   present throughout the window. raw_ecg, filtered_ecg: (L, n, 1250) -> (n,) int."""
   present = np.isfinite(raw_ecg).all(axis=-1)  # (L, n)
-  usable = present & _ecg_passes(raw_ecg, filtered_ecg, rules)
+  usable = _ecg_passes(raw_ecg, filtered_ecg, rules)  # present, and more
   return np.where(usable.any(axis=0), usable.argmax(axis=0),
                   np.where(present.any(axis=0), present.argmax(axis=0), -1))
 
