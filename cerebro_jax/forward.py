@@ -25,9 +25,10 @@ FLOAT_MATMUL_MODES = ('float32', 'int8_weights')  # the modes CPU_OPTIONS speed 
 
 
 @functools.cache
-def _cpu_options_known() -> bool:
+def _known(options: tuple[tuple[str, str], ...]) -> bool:
+  """Whether this XLA compiles with `options` (the items of an options dict)."""
   try:
-    jax.jit(lambda x: x + 1, compiler_options=CPU_OPTIONS).lower(0.0).compile()
+    jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(0.0).compile()
   except jax.errors.JaxRuntimeError:  # 'No such compile option'
     return False
   return True
@@ -38,7 +39,7 @@ def compiler_options(spec: QuantSpec = QuantSpec()) -> dict:
   knows them; {} otherwise (integer INT8 paths, a GPU or TPU, or another jaxlib where the
   experimental option is gone)."""
   if (spec.mode not in FLOAT_MATMUL_MODES or jax.default_backend() != 'cpu'
-      or not _cpu_options_known()):
+      or not _known(tuple(CPU_OPTIONS.items()))):
     return {}
   return dict(CPU_OPTIONS)
 

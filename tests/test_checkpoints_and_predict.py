@@ -105,8 +105,6 @@ def test_forward_options_only_where_they_apply(saved_model, monkeypatch):
   expected = np.asarray(model_lib.CerebroBP(config).apply({'params': params}, x))
   np.testing.assert_allclose(forward.jit(config)(params, x), expected, rtol=1e-6, atol=1e-5)
   monkeypatch.setattr(forward, 'CPU_OPTIONS', {'xla_cpu_no_such_option': ''})
-  forward._cpu_options_known.cache_clear()  # pylint: disable=protected-access
-  monkeypatch.setattr(forward, '_cpu_options_known', forward._cpu_options_known.__wrapped__)  # pylint: disable=protected-access
   assert forward.compiler_options() == {}
   np.testing.assert_allclose(forward.jit(config)(params, x), expected, rtol=1e-6, atol=1e-5)
 
