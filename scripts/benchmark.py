@@ -108,9 +108,9 @@ _COMPARE_TORCH = flags.DEFINE_bool(
 _RUNTIMES = flags.DEFINE_multi_enum('runtimes', ['jax', 'litert', 'pytorch'],
                                     ['jax', 'litert', 'pytorch'], 'quant: runtimes to time.')
 _CPU_DEVICES = flags.DEFINE_integer(
-    'cpu_devices', 0, 'model, train, pretrain: split the CPU into this many JAX devices '
-    '(the main job\'s --cpu_devices); batches are split over them (model: the --batch '
-    'throughput; batch 1 runs on one device). 0: one CPU device, JAX\'s default.',
+    'cpu_devices', 0, 'model, train, pretrain, roofline: split the CPU into this many JAX '
+    'devices (the main job\'s --cpu_devices); batches are split over them (model: the '
+    '--batch throughput; batch 1 runs on one device). 0: one CPU device, JAX\'s default.',
     lower_bound=0)
 _JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
 
@@ -167,6 +167,7 @@ def attention_memory(config, batch, channels):
 def bench_model():
   rows = []
   rng = np.random.default_rng(0)
+  mesh = sharding.data_mesh()
   for size in _SIZES.value:
     for attention_type in ATTENTION_TYPES:
       config = ModelConfig.from_size(size, attention_type=attention_type, dtype=_DTYPE.value)
@@ -175,7 +176,6 @@ def bench_model():
       one = rng.random((1, _CHANNELS.value, SAMPLES), dtype=np.float32)
       many = rng.random((_BATCH.value, _CHANNELS.value, SAMPLES), dtype=np.float32)
       latency = median_seconds(forward, params, one, repeats=_REPEATS.value)
-      mesh = sharding.data_mesh()
       per_batch = median_seconds(evaluation.predict_fn(config, mesh),
                                  jax.device_put(params, sharding.replicated(mesh)),
                                  sharding.put_batch({'x': many}, mesh)['x'],
