@@ -45,22 +45,35 @@ class Beats:
   dbp: np.ndarray
 
 
-def _smooth_noise(rng, n: int, fs: float, period_s: float) -> np.ndarray:
-  """Zero-mean, unit-std noise varying on time scales of about `period_s`."""
-  knots = np.arange(0, n / fs + 2 * period_s, period_s)
+def _smooth_noise(rng, t: np.ndarray, period_s: float) -> np.ndarray:
+  """Zero-mean, unit-std noise at the sample times t (s, from 0 at FS Hz), varying on
+  time scales of about `period_s`."""
+  knots = np.arange(0, len(t) / FS + 2 * period_s, period_s)
   values = rng.standard_normal(len(knots))
-  out = np.interp(np.arange(n) / fs, knots, values)
+  out = np.interp(t, knots, values)
   return (out - out.mean()) / (out.std() + 1e-9)
+
+
+def _count_at_or_before(edges: np.ndarray, t: np.ndarray, strict: bool = False) -> np.ndarray:
+  """For every sample time t[i] (sorted), how many of the sorted `edges` are <= t[i]
+  (< t[i] when strict): np.searchsorted(edges, t, 'left' if strict else 'right'), found
+  from the edges' places among the samples, which is 10x cheaper for 75,000 samples."""
+  first = np.searchsorted(t, edges, side='right' if strict else 'left')
+  return np.cumsum(np.bincount(first, minlength=len(t) + 1))[:len(t)]
 
 
 def _abp_shape(u: np.ndarray, t_peak: float, tau: float, notch: float) -> np.ndarray:
   """Arterial pulse over one beat, u in [0, 1): 0 at the foot, 1 at the systolic peak."""
-  rise = np.sin(0.5 * np.pi * np.clip(u / t_peak, 0, 1)) ** 2
+  rising = u < t_peak
+  out = np.empty_like(u)
+  out[rising] = np.sin(0.5 * np.pi * np.clip(u[rising] / t_peak, 0, 1)) ** 2
+  u = u[~rising]
   decay = np.exp(-(u - t_peak) / tau) + notch * np.exp(-((u - 0.45) / 0.06) ** 2)
   end = np.exp(-(1 - t_peak) / tau)
   at_peak = 1 + notch * np.exp(-((t_peak - 0.45) / 0.06) ** 2)
   fall = (decay - end * (u - t_peak) / (1 - t_peak)) / at_peak  # 1 at the peak, 0 at u=1
-  return np.where(u < t_peak, rise, np.minimum(fall, 1.0))
+  out[~rising] = np.minimum(fall, 1.0)
+  return out
 
 
 # P, Q, R, S, T waves: centre (s from the R peak), width (s), amplitude (mV).
@@ -77,7 +90,7 @@ def _ecg_beat(t: np.ndarray, morphology: np.ndarray) -> np.ndarray:
 
 def _pulse_train(t, feet, shape_fn, values_low, values_amp):
   """Beat-wise waveform: low + amp * shape(u) between consecutive feet (NaN outside)."""
-  k = np.searchsorted(feet, t, side='right') - 1
+  k = _count_at_or_before(feet, t) - 1
   valid = (k >= 0) & (k < len(feet) - 1)
   k = np.clip(k, 0, len(feet) - 2)
   u = (t - feet[k]) / (feet[k + 1] - feet[k])
@@ -106,13 +119,13 @@ def subject(index: int, config: CohortConfig) -> tuple[Record, Beats]:
   # Beat times with variability; BP trends sampled at each beat.
   rr = []
   time_s = 0.0
-  hr_drift = _smooth_noise(rng, n, FS, 90.0)
+  hr_drift = _smooth_noise(rng, t, 90.0)
   while time_s < t[-1] + 4:
     i = min(int(time_s * FS), n - 1)
     rr.append(60.0 / (hr0 * (1 + 0.06 * hr_drift[i])) * (1 + 0.03 * rng.standard_normal()))
     time_s += rr[-1]
   r_peaks = np.cumsum(rr) - 1.5 - rng.uniform(0, 0.5)  # beats from before t = 0
-  slow = 10.0 * _smooth_noise(rng, n, FS, 120.0) + 4.0 * _smooth_noise(rng, n, FS, 25.0)
+  slow = 10.0 * _smooth_noise(rng, t, 120.0) + 4.0 * _smooth_noise(rng, t, 25.0)
   resp_f, mayer_f = rng.uniform(0.2, 0.3), rng.uniform(0.08, 0.12)
   sbp_wave = (sbp0 + slow + 3.0 * np.sin(2 * np.pi * resp_f * t)
               + 2.5 * np.sin(2 * np.pi * mayer_f * t + rng.uniform(0, 6)))
@@ -135,13 +148,13 @@ def subject(index: int, config: CohortConfig) -> tuple[Record, Beats]:
   ppg = _pulse_train(t, ppg_feet, lambda u: _abp_shape(u, ppg_smooth + 0.1, 0.4, ppg_notch),
                      np.zeros(len(pp)), 0.5 + 0.005 * (pp - 45))
   ppg = (ppg + 0.1 * np.sin(2 * np.pi * resp_f * t + 1.0)
-         + 0.05 * _smooth_noise(rng, n, FS, 4.0) + rng.normal(0, ppg_noise, n))
-  nearest = np.clip(np.searchsorted(r_peaks, t), 1, len(r_peaks) - 1)
+         + 0.05 * _smooth_noise(rng, t, 4.0) + rng.normal(0, ppg_noise, n))
+  nearest = np.clip(_count_at_or_before(r_peaks, t, strict=True), 1, len(r_peaks) - 1)
   closest = np.where(np.abs(t - r_peaks[nearest - 1]) < np.abs(t - r_peaks[nearest]),
                      r_peaks[nearest - 1], r_peaks[nearest])
   # Drawn from a stream of its own, so the rest of the subject does not depend on it.
   morphology = np.random.default_rng([config.seed, index, 1]).uniform(0.6, 1.4, (5, 2))
-  ecg = (_ecg_beat(t - closest, morphology) + 0.15 * _smooth_noise(rng, n, FS, 3.0)
+  ecg = (_ecg_beat(t - closest, morphology) + 0.15 * _smooth_noise(rng, t, 3.0)
          + 0.02 * np.sin(2 * np.pi * 50 * t) + rng.normal(0, ecg_noise, n))
 
   _add_artifacts(rng, t, ecg, ppg, abp, config.artifact_rate)
