@@ -165,3 +165,22 @@ def test_bad_configurations_and_inputs_are_refused():
     model_lib.init_params(config, jax.random.PRNGKey(0), samples=64 * 101)
   with pytest.raises(ValueError, match='channels'):
     model_lib.init_params(config, jax.random.PRNGKey(0), channels=65)
+
+
+def test_gelu_is_the_exact_gelu_with_its_exact_gradient():
+  import scipy.special  # pylint: disable=import-outside-toplevel
+  from cerebro_jax.models import gelu  # pylint: disable=import-outside-toplevel
+  x = np.linspace(-12, 12, 200_001, dtype=np.float32)
+  exact = x.astype(np.float64)
+  np.testing.assert_allclose(jax.jit(gelu.erf)(x), scipy.special.erf(exact), rtol=0, atol=7e-7)
+  phi = 0.5 * scipy.special.erfc(-exact / np.sqrt(2))
+  density = np.exp(-exact**2 / 2) / np.sqrt(2 * np.pi)
+  # Measured on this grid: torch.nn.GELU() in float32 is within 1.7e-7 max(|x|, 1) of
+  # x Phi(x), this GELU within 3.3e-7.
+  error = np.abs(np.asarray(jax.jit(gelu.gelu)(x), np.float64) - exact * phi)
+  assert np.max(error / np.maximum(np.abs(exact), 1)) < 4e-7
+  np.testing.assert_allclose(jax.jit(jax.vmap(jax.grad(gelu.gelu)))(x), phi + exact * density,
+                             rtol=0, atol=1e-6)
+  half = jax.jit(gelu.gelu)(x.astype(jnp.bfloat16))
+  assert half.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(half, np.float32), exact * phi, rtol=1e-2, atol=1e-2)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cerebro_jax.models import gelu
 from cerebro_jax.models.model_config import ModelConfig
 
 # Order of the model's two outputs, as in the original BP model. Everything user-facing
@@ -51,10 +52,6 @@ def _dense(features: int, name: str, dtype: Any, scale: float = 1.0) -> nn.Dense
 
 def _layer_norm(name: str, dtype: Any) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=LAYER_NORM_EPS, name=name, dtype=dtype, param_dtype=jnp.float32)
-
-
-def _gelu(x: jax.Array) -> jax.Array:
-  return nn.gelu(x, approximate=False)  # exact erf form, as torch.nn.GELU()
 
 
 class Attention(nn.Module):
@@ -97,7 +94,7 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = _gelu(_dense(self.hidden, 'fc1', self.dtype)(x))
+    y = gelu.gelu(_dense(self.hidden, 'fc1', self.dtype)(x))
     return _dense(x.shape[-1], 'fc2', self.dtype, self.fc2_scale)(y)
 
 
@@ -235,7 +232,7 @@ class CerebroBP(nn.Module):
     head = nn.Dense(2, name='head', dtype=jnp.dtype(self.config.dtype),
                     param_dtype=jnp.float32, kernel_init=_truncated_normal_002,
                     bias_init=nn.initializers.zeros)
-    return _gelu(head(pooled)).astype(jnp.float32)
+    return gelu.gelu(head(pooled)).astype(jnp.float32)
 
 
 class CerebroPretrain(nn.Module):

@@ -12,8 +12,8 @@ converter, which also quantizes:
                 QuantizationDebugger with the other ops denylisted). Full-integer
                 conversion (every op int8) is not offered: TensorFlow 2.21's converter
                 writes such a file, but the ai-edge-litert 2.3 and TensorFlow
-                interpreters abort on it (int8 LESS/SELECT/DIV/EXP of the exact GELU's
-                erf expansion).
+                interpreters aborted on it (int8 LESS/SELECT/DIV/EXP of jax.nn.gelu's erfc
+                expansion; not retried since the model's GELU has its own erf, gelu.py).
 The signature takes `windows` (batch, 2, 1250) float32, min-max scaled as for the JAX
 model, and returns `sbp_mmhg` and `dbp_mmhg` (batch,). Files run with the ai-edge-litert
 interpreter (XNNPACK on CPUs).
