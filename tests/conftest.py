@@ -18,6 +18,10 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 # 2e-8), and every comparison in the suite runs both of its sides at this level.
 os.environ.setdefault('XLA_FLAGS', '--xla_backend_optimization_level=0')
 
+import functools  # pylint: disable=wrong-import-position
+
+import jax  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
 import pytest  # pylint: disable=wrong-import-position
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -39,3 +43,14 @@ def tiny_dataset(tmp_path_factory) -> str:
   data_dir = str(tmp_path_factory.mktemp('tiny_dataset'))
   tfds_builders.prepare_dataset(options, data_dir, progress=False)
   return data_dir
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(module, params, *args):
+  return module.apply({'params': params}, *args)
+
+
+def jitted_apply(module, params, *args) -> np.ndarray:
+  """module.apply({'params': params}, *args) compiled, as prediction runs the model, once
+  per module and input shapes (op by op, a model of a few blocks takes seconds a call)."""
+  return np.asarray(_apply(module, params, *args))

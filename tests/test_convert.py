@@ -13,7 +13,7 @@ import pytest
 from cerebro_jax.models import checkpoints, convert, model as model_lib, torch_files
 from cerebro_jax.models.model_config import ModelConfig
 from cerebro_jax.models.torch_files import CheckpointReadError, read_state_dict
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, jitted_apply
 
 torch = pytest.importorskip('torch', reason='torch is not installed (pip install -e ".[torch]")')
 import safetensors.torch  # pylint: disable=wrong-import-position
@@ -62,7 +62,7 @@ def save_checkpoint(state_dict, fmt, directory: pathlib.Path) -> pathlib.Path:
 
 
 def flax_outputs(params, config, x, channel_mask=None):
-  return np.asarray(model_lib.CerebroBP(config).apply({'params': params}, x, channel_mask))
+  return jitted_apply(model_lib.CerebroBP(config), params, x, channel_mask)
 
 
 def torch_outputs(ref, x, channel_mask=None):
@@ -96,8 +96,8 @@ def test_converted_model_reproduces_reference(size, depth, fmt, tmp_path):
                              atol=TOLERANCE_MMHG)
   with torch.no_grad():
     expected_tokens = ref.model(torch.from_numpy(x)).numpy()
-  tokens = model_lib.Encoder(config).apply({'params': params['encoder']}, x)
-  np.testing.assert_allclose(np.asarray(tokens).reshape(expected_tokens.shape), expected_tokens,
+  tokens = jitted_apply(model_lib.Encoder(config), params['encoder'], x)
+  np.testing.assert_allclose(tokens.reshape(expected_tokens.shape), expected_tokens,
                              rtol=0, atol=TOLERANCE_TOKENS)
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from cerebro_jax.models import model as model_lib
 from cerebro_jax.models.model_config import ConfigError, ModelConfig
+from conftest import jitted_apply
 
 # ../shared/spec/cerebro.md, "Sizes".
 SPEC_COUNTS = {'small': (3_587_904, 3_588_290), 'base': (39_974_976, 39_976_130),
@@ -37,7 +38,7 @@ def small4():
 
 
 def _encode(config, params, x, mask=None):
-  return np.asarray(model_lib.Encoder(config).apply({'params': params['encoder']}, x, mask))
+  return jitted_apply(model_lib.Encoder(config), params['encoder'], x, mask)
 
 
 @pytest.mark.parametrize('attention_type', ['alternating', 'full'])
@@ -88,7 +89,7 @@ def test_one_block_across_channels_keeps_patches_apart():
 def test_bp_output_shape_dtype_and_names():
   config = ModelConfig(depth=2)
   params = model_lib.init_params(config, jax.random.PRNGKey(0))
-  out = model_lib.CerebroBP(config).apply({'params': params}, jnp.zeros((3, 2, 1250)))
+  out = jitted_apply(model_lib.CerebroBP(config), params, jnp.zeros((3, 2, 1250)))
   assert out.shape == (3, 2) and out.dtype == jnp.float32
   named = model_lib.named_outputs(np.array([[80.0, 120.0]]))
   assert named == {'dbp_mmhg': 80.0, 'sbp_mmhg': 120.0}
@@ -100,7 +101,7 @@ def test_the_last_34_samples_are_dropped():
   x = np.random.default_rng(3).random((1, 2, 1250), dtype=np.float32)
   tail = x.copy()
   tail[..., 19 * 64:] = 5.0
-  apply = lambda v: np.asarray(model_lib.CerebroBP(config).apply({'params': params}, v))
+  apply = lambda v: jitted_apply(model_lib.CerebroBP(config), params, v)
   np.testing.assert_array_equal(apply(x), apply(tail))
 
 
@@ -112,10 +113,10 @@ def test_bfloat16_compute_keeps_float32_parameters_and_stays_close():
   params = {**params, 'head': {'kernel': params['head']['kernel'] * 500,
                                'bias': jnp.array([80.0, 120.0])}}
   x = np.random.default_rng(4).random((4, 2, 1250), dtype=np.float32)
-  ref = model_lib.CerebroBP(f32).apply({'params': params}, x)
-  low = model_lib.CerebroBP(bf16).apply({'params': params}, x)
-  assert low.dtype == jnp.float32
-  error = np.abs(np.asarray(low) - np.asarray(ref)).max()
+  ref = jitted_apply(model_lib.CerebroBP(f32), params, x)
+  low = jitted_apply(model_lib.CerebroBP(bf16), params, x)
+  assert low.dtype == np.float32
+  error = np.abs(low - ref).max()
   assert 0 < error < 2.0  # bfloat16 has 8 bits of mantissa: different, but close
 
 
@@ -124,10 +125,11 @@ def test_drop_path_is_random_in_training_only():
   params = model_lib.init_params(config, jax.random.PRNGKey(0))
   x = np.random.default_rng(5).random((8, 2, 1250), dtype=np.float32)
   module = model_lib.CerebroBP(config)
-  train = lambda seed: np.asarray(module.apply(
-      {'params': params}, x, deterministic=False, rngs={'dropout': jax.random.PRNGKey(seed)}))
-  evaluation = np.asarray(module.apply({'params': params}, x))
-  np.testing.assert_array_equal(module.apply({'params': params}, x), evaluation)
+  train_fn = jax.jit(lambda key: module.apply({'params': params}, x, deterministic=False,
+                                              rngs={'dropout': key}))
+  train = lambda seed: np.asarray(train_fn(jax.random.PRNGKey(seed)))
+  evaluation = jitted_apply(module, params, x)
+  np.testing.assert_array_equal(jitted_apply(module, params, x), evaluation)
   np.testing.assert_array_equal(train(1), train(1))
   assert np.abs(train(1) - train(2)).max() > 0
   assert np.abs(train(1) - evaluation).max() > 0
