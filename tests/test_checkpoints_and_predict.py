@@ -12,7 +12,7 @@ from cerebro_jax import forward, inference
 from cerebro_jax.models import checkpoints, model as model_lib
 from cerebro_jax.models.model_config import ModelConfig
 from cerebro_jax.quant import quantization
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, jitted_apply
 
 
 @pytest.fixture(scope='module')
@@ -88,7 +88,7 @@ def test_windows_outside_0_1_are_refused_unless_scaled(tmp_path):
 def test_batched_prediction_equals_one_pass(saved_model):
   _, params, config = saved_model
   x = np.random.default_rng(0).random((7, 2, 1250), dtype=np.float32)
-  one = np.asarray(model_lib.CerebroBP(config).apply({'params': params}, x))
+  one = jitted_apply(model_lib.CerebroBP(config), params, x)
   np.testing.assert_allclose(inference.predict_windows(params, config, x, batch_size=3), one,
                              rtol=1e-6, atol=1e-5)
 
@@ -102,7 +102,7 @@ def test_forward_options_only_where_they_apply(saved_model, monkeypatch):
   assert forward.compiler_options(quantization.QuantSpec('int8_weights')) == forward.CPU_OPTIONS
   assert forward.compiler_options(quantization.QuantSpec('int8_dynamic')) == {}
   x = np.random.default_rng(2).random((3, 2, 1250), dtype=np.float32)
-  expected = np.asarray(model_lib.CerebroBP(config).apply({'params': params}, x))
+  expected = jitted_apply(model_lib.CerebroBP(config), params, x)
   np.testing.assert_allclose(forward.jit(config)(params, x), expected, rtol=1e-6, atol=1e-5)
   monkeypatch.setattr(forward, 'CPU_OPTIONS', {'xla_cpu_no_such_option': ''})
   assert forward.compiler_options() == {}
@@ -125,7 +125,7 @@ def test_predict_command_writes_named_columns(saved_model, tmp_path):
   with open(out) as f:
     rows = list(csv.reader(f))
   assert rows[0] == ['sbp_mmhg', 'dbp_mmhg'] and len(rows) == 6
-  expected = np.asarray(model_lib.CerebroBP(config).apply({'params': params}, x))
+  expected = jitted_apply(model_lib.CerebroBP(config), params, x)
   values = np.array(rows[1:], float)
   np.testing.assert_allclose(values[:, 0], expected[:, 1], rtol=1e-6)  # SBP is output 1
   np.testing.assert_allclose(values[:, 1], expected[:, 0], rtol=1e-6)

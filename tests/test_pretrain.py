@@ -17,7 +17,7 @@ from cerebro_jax.models import checkpoints, convert, model as model_lib, torch_f
 from cerebro_jax.models.model_config import ModelConfig
 from cerebro_jax.trainers import masked_patches, pretrain, train
 from configs import pretrain as pretrain_configs
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, jitted_apply
 from input_pipeline import synthetic
 from test_train import tiny_config
 
@@ -77,8 +77,8 @@ def test_mask_token_then_encodings_then_blocks():
   # A masked patch's samples cannot reach the output.
   changed = x.copy()
   changed[0, 0, 2 * 64:3 * 64] += 5.0
-  run = lambda v: np.asarray(model_lib.CerebroPretrain(config).apply(
-      {'params': params}, v, channel_mask, token_mask))
+  run = lambda v: jitted_apply(model_lib.CerebroPretrain(config), params, v, channel_mask,
+                               token_mask)
   np.testing.assert_array_equal(run(x), run(changed))
 
 
