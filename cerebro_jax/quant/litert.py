@@ -10,10 +10,10 @@ converter, which also quantizes:
                 int8 inputs whose ranges the converter calibrates on given windows, then
                 fixed; every other op stays float32 (LiteRT's selective quantization,
                 QuantizationDebugger with the other ops denylisted). Full-integer
-                conversion (every op int8) is not offered: TensorFlow 2.21's converter
-                writes such a file, but the ai-edge-litert 2.3 and TensorFlow
-                interpreters aborted on it (int8 LESS/SELECT/DIV/EXP of jax.nn.gelu's erfc
-                expansion; not retried since the model's GELU has its own erf, gelu.py).
+                conversion (every op int8) is not offered: with jax.nn.gelu's erfc the
+                interpreters aborted on the file (int8 LESS/SELECT/EXP); with the
+                model's own erf (gelu.py) it runs, but on the main job's model it was
+                6-14 mmHg off the float model on average and 3x slower at batch 1.
 The signature takes `windows` (batch, 2, 1250) float32, min-max scaled as for the JAX
 model, and returns `sbp_mmhg` and `dbp_mmhg` (batch,). Files run with the ai-edge-litert
 interpreter (XNNPACK on CPUs).
