@@ -54,14 +54,6 @@ def _smooth_noise(rng, t: np.ndarray, period_s: float) -> np.ndarray:
   return (out - out.mean()) / (out.std() + 1e-9)
 
 
-def _count_at_or_before(edges: np.ndarray, t: np.ndarray, strict: bool = False) -> np.ndarray:
-  """For every sample time t[i] (sorted), how many of the sorted `edges` are <= t[i]
-  (< t[i] when strict): np.searchsorted(edges, t, 'left' if strict else 'right'), found
-  from the edges' places among the samples, which is 10x cheaper for 75,000 samples."""
-  first = np.searchsorted(t, edges, side='right' if strict else 'left')
-  return np.cumsum(np.bincount(first, minlength=len(t) + 1))[:len(t)]
-
-
 def _abp_shape(u: np.ndarray, t_peak: float, tau: float, notch: float) -> np.ndarray:
   """Arterial pulse over one beat, u in [0, 1): 0 at the foot, 1 at the systolic peak."""
   rising = u < t_peak
@@ -90,7 +82,7 @@ def _ecg_beat(t: np.ndarray, morphology: np.ndarray) -> np.ndarray:
 
 def _pulse_train(t, feet, shape_fn, values_low, values_amp):
   """Beat-wise waveform: low + amp * shape(u) between consecutive feet (NaN outside)."""
-  k = _count_at_or_before(feet, t) - 1
+  k = np.searchsorted(feet, t, side='right') - 1
   valid = (k >= 0) & (k < len(feet) - 1)
   k = np.clip(k, 0, len(feet) - 2)
   u = (t - feet[k]) / (feet[k + 1] - feet[k])
@@ -149,7 +141,7 @@ def subject(index: int, config: CohortConfig) -> tuple[Record, Beats]:
                      np.zeros(len(pp)), 0.5 + 0.005 * (pp - 45))
   ppg = (ppg + 0.1 * np.sin(2 * np.pi * resp_f * t + 1.0)
          + 0.05 * _smooth_noise(rng, t, 4.0) + rng.normal(0, ppg_noise, n))
-  nearest = np.clip(_count_at_or_before(r_peaks, t, strict=True), 1, len(r_peaks) - 1)
+  nearest = np.clip(np.searchsorted(r_peaks, t), 1, len(r_peaks) - 1)
   closest = np.where(np.abs(t - r_peaks[nearest - 1]) < np.abs(t - r_peaks[nearest]),
                      r_peaks[nearest - 1], r_peaks[nearest])
   # Drawn from a stream of its own, so the rest of the subject does not depend on it.

@@ -235,14 +235,3 @@ def test_moving_average_is_numpys_same_mode_convolution(width):
   expected = np.stack([np.convolve(row, np.ones(width) / width, mode='same') for row in x])
   np.testing.assert_allclose(beat_detection._moving_average(x, width), expected, rtol=1e-12,
                              atol=1e-12)
-
-
-@pytest.mark.parametrize('strict', [False, True])
-def test_synthetic_counts_of_beats_before_samples_are_searchsorteds(strict):
-  t = np.arange(2000) / FS
-  rng = np.random.default_rng(int(strict))
-  # Beats before, inside and after the samples, some exactly at a sample time.
-  edges = np.sort(np.concatenate([rng.uniform(-2, 18, 40), t[[0, 7, 7, 500, 1999]]]))
-  side = 'left' if strict else 'right'
-  np.testing.assert_array_equal(synthetic._count_at_or_before(edges, t, strict),
-                                np.searchsorted(edges, t, side=side))
