@@ -4,8 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 
-from cerebro_jax.models import model as model_lib
+from cerebro_jax.models import gelu, model as model_lib
 from cerebro_jax.models.model_config import ConfigError, ModelConfig
 from conftest import jitted_apply
 
@@ -170,8 +171,6 @@ def test_bad_configurations_and_inputs_are_refused():
 
 
 def test_gelu_is_the_exact_gelu_with_its_exact_gradient():
-  import scipy.special  # pylint: disable=import-outside-toplevel
-  from cerebro_jax.models import gelu  # pylint: disable=import-outside-toplevel
   x = np.linspace(-12, 12, 200_001, dtype=np.float32)
   exact = x.astype(np.float64)
   np.testing.assert_allclose(jax.jit(gelu.erf)(x), scipy.special.erf(exact), rtol=0, atol=7e-7)
