@@ -100,16 +100,16 @@ def systolic_peaks(filtered: np.ndarray, fs: float = FS, w1: float = 0.111,
   return _first_argmax(filtered.ravel(), starts[wide], stops[wide])
 
 
-def abp_beats_of_windows(raw: np.ndarray, filtered: np.ndarray, fs: float = FS,
-                         refine_s: float = 0.08) -> list[tuple[np.ndarray, np.ndarray]]:
-  """Systolic peaks and feet of each row (window) of (n, T) ABP: per row, sample indices
-  into that row.
+def abp_beats_flat(raw: np.ndarray, filtered: np.ndarray, fs: float = FS,
+                   refine_s: float = 0.08) -> tuple[np.ndarray, np.ndarray]:
+  """Systolic peaks and feet of every row (window) of (n, T) ABP, as sorted indices into
+  the flattened rows: row k's beats are those in [k T, (k + 1) T).
 
   Peaks are found on the filtered wave and moved to the raw maximum within +-refine_s;
   a peak is dropped when that range leaves the window, when its maximum lies on the
   range's edge (the tail of a beat cut by the window), or when it lies in the lower half
   of the window's pressure range (band-pass ringing, not a systole); foot k is the raw
-  minimum between peaks k and k+1 (so len(feet) = len(peaks) - 1).
+  minimum between peaks k and k+1 of a row (so a row has one foot fewer than peaks).
   """
   length, reach = raw.shape[1], int(round(refine_s * fs))
   flat_raw = raw.ravel()
@@ -125,14 +125,10 @@ def abp_beats_of_windows(raw: np.ndarray, filtered: np.ndarray, fs: float = FS,
                           (flat_raw[peaks] > midpoint[peaks // length])])
   rows = peaks // length
   pairs = rows[:-1] == rows[1:]  # consecutive peaks of one window
-  feet = _first_argmax(-flat_raw, peaks[:-1][pairs], peaks[1:][pairs])
-  bounds = np.arange(1, len(raw)) * length
-  return [(p - k * length, f - k * length) for k, (p, f) in enumerate(zip(
-      np.split(peaks, np.searchsorted(peaks, bounds)),
-      np.split(feet, np.searchsorted(feet, bounds))))]
+  return peaks, _first_argmax(-flat_raw, peaks[:-1][pairs], peaks[1:][pairs])
 
 
 def abp_beats(raw: np.ndarray, filtered: np.ndarray, fs: float = FS,
               refine_s: float = 0.08) -> tuple[np.ndarray, np.ndarray]:
-  """Systolic peaks and feet of one ABP window (T,) (see abp_beats_of_windows)."""
-  return abp_beats_of_windows(raw[None], filtered[None], fs, refine_s)[0]
+  """Systolic peaks and feet of one ABP window (T,) (see abp_beats_flat)."""
+  return abp_beats_flat(raw[None], filtered[None], fs, refine_s)

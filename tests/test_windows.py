@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from input_pipeline import mimic3, prepare, splits, synthetic, vitaldb_files
+from input_pipeline import mimic3, prepare, splits, synthetic, vitaldb_files, windows
 from input_pipeline.windows import WINDOW, max_lagged_correlation, skewness, windows_of
 
 FS = 125
@@ -203,6 +203,27 @@ def test_lagged_correlation_equals_its_definition():
   assert max_lagged_correlation(flat, b, 125) == -1.0  # no variance, no correlation
 
 
+def test_labels_of_all_windows_are_numpys_mean_and_median_of_each():
+  """The per-window means (SBP, DBP) and medians (beat intervals) computed for all windows
+  at once equal np.mean and np.median of each window's own values, to the last bit."""
+  rng = np.random.default_rng(3)
+  counts = rng.integers(0, 30, 60)
+  counts[[0, 7, 59]] = 0  # windows without beats
+  rows = np.repeat(np.arange(60), counts)
+  values = rng.normal(100, 30, len(rows))
+  intervals = rng.integers(40, 200, len(rows))  # in no order within a window
+  means = windows._row_means(values, rows, 60)  # pylint: disable=protected-access
+  medians = windows._row_medians(intervals, rows, 60)  # pylint: disable=protected-access
+  for k in range(60):
+    if counts[k]:
+      assert means[k] == np.mean(values[rows == k]), k
+      assert medians[k] == np.median(intervals[rows == k]), k
+    else:
+      assert np.isnan(means[k]) and np.isnan(medians[k])
+  empty = np.zeros(0)
+  assert np.isnan(windows._row_medians(empty, empty.astype(int), 2)).all()  # pylint: disable=protected-access
+
+
 def test_skewness_is_scipys():
   from scipy import stats  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(7)
@@ -220,12 +241,14 @@ def test_beats_of_stacked_windows_equal_each_windows_own(subject):
   for offset in range(0, 150, 5):  # windows shifted so that beats fall on their edges
     n = (record.num_samples - offset) // WINDOW
     rows = [x[offset:offset + n * WINDOW].reshape(n, WINDOW) for x in (record.abp, filtered)]
-    stacked = beat_detection.abp_beats_of_windows(*rows)
+    stacked_peaks, stacked_feet = beat_detection.abp_beats_flat(*rows)
     for k in range(n):
       peaks, feet = beat_detection.abp_beats(rows[0][k], rows[1][k])
       assert 10 <= len(peaks) == len(feet) + 1
-      np.testing.assert_array_equal(stacked[k][0], peaks)
-      np.testing.assert_array_equal(stacked[k][1], feet)
+      window = slice(k * WINDOW, (k + 1) * WINDOW)
+      in_window = lambda flat: flat[(flat >= window.start) & (flat < window.stop)] - window.start
+      np.testing.assert_array_equal(in_window(stacked_peaks), peaks)
+      np.testing.assert_array_equal(in_window(stacked_feet), feet)
 
 
 @pytest.mark.parametrize('width', [1, 14, 83])
