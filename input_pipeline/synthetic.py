@@ -51,7 +51,8 @@ def _smooth_noise(rng, t: np.ndarray, period_s: float) -> np.ndarray:
   knots = np.arange(0, len(t) / FS + 2 * period_s, period_s)
   values = rng.standard_normal(len(knots))
   out = np.interp(t, knots, values)
-  return (out - out.mean()) / (out.std() + 1e-9)
+  out -= out.mean()
+  return out / (np.sqrt(np.mean(out * out)) + 1e-9)  # out.std(), without its second mean
 
 
 def _abp_shape(u: np.ndarray, t_peak: float, tau: float, notch: float) -> np.ndarray:
@@ -76,8 +77,16 @@ _ECG_WAVES = ((-0.2, 0.025, 0.12), (-0.03, 0.01, -0.12), (0.0, 0.012, 1.1),
 def _ecg_beat(t: np.ndarray, morphology: np.ndarray) -> np.ndarray:
   """P-QRS-T complex (mV) at time t (s) relative to the R peak; morphology (5, 2) scales
   each wave's amplitude and width (every person's ECG looks a little different)."""
-  return sum(a * ka * np.exp(-0.5 * ((t - c) / (w * kw)) ** 2)
-             for (c, w, a), (ka, kw) in zip(_ECG_WAVES, morphology))
+  total = np.zeros_like(t)
+  z = np.empty_like(t)  # each wave computed in place: no temporary arrays of len(t)
+  for (c, w, a), (ka, kw) in zip(_ECG_WAVES, morphology):
+    np.subtract(t, c, out=z)
+    z /= w * kw
+    np.square(z, out=z)
+    z *= -0.5
+    np.exp(z, out=z)
+    total += z * (a * ka)
+  return total
 
 
 def _pulse_train(t, feet, shape_fn, values_low, values_amp):
@@ -85,8 +94,8 @@ def _pulse_train(t, feet, shape_fn, values_low, values_amp):
   k = np.searchsorted(feet, t, side='right') - 1
   valid = (k >= 0) & (k < len(feet) - 1)
   k = np.clip(k, 0, len(feet) - 2)
-  u = (t - feet[k]) / (feet[k + 1] - feet[k])
-  low = values_low[k] + (values_low[k + 1] - values_low[k]) * u
+  u = (t - feet[k]) / np.diff(feet)[k]
+  low = values_low[k] + np.diff(values_low)[k] * u
   return np.where(valid, low + values_amp[k] * shape_fn(u), np.nan)
 
 
