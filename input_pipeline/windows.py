@@ -200,8 +200,9 @@ def _labels(raw_abp: np.ndarray, peaks: np.ndarray, feet: np.ndarray):
   n, length = raw_abp.shape
   flat = raw_abp.ravel()
   peak_rows = peaks // length
-  one_beat = peak_rows[1:] == peak_rows[:-1]  # consecutive peaks of one window
-  heart_rate = 60.0 * FS / _row_medians(np.diff(peaks)[one_beat], peak_rows[1:][one_beat], n)
+  same_window = peak_rows[1:] == peak_rows[:-1]  # consecutive peaks of one window
+  intervals = np.diff(peaks)[same_window]  # samples between systolic peaks
+  heart_rate = 60.0 * FS / _row_medians(intervals, peak_rows[1:][same_window], n)
   count = np.bincount(peak_rows, minlength=n)
   labels = [_row_means(flat[peaks], peak_rows, n), _row_means(flat[feet], feet // length, n),
             heart_rate]
