@@ -58,14 +58,15 @@ def _smooth_noise(rng, t: np.ndarray, period_s: float) -> np.ndarray:
 def _abp_shape(u: np.ndarray, t_peak: float, tau: float, notch: float) -> np.ndarray:
   """Arterial pulse over one beat, u in [0, 1): 0 at the foot, 1 at the systolic peak."""
   rising = u < t_peak
+  falling = ~rising
   out = np.empty_like(u)
   out[rising] = np.sin(0.5 * np.pi * np.clip(u[rising] / t_peak, 0, 1)) ** 2
-  u = u[~rising]
+  u = u[falling]
   decay = np.exp(-(u - t_peak) / tau) + notch * np.exp(-((u - 0.45) / 0.06) ** 2)
   end = np.exp(-(1 - t_peak) / tau)
   at_peak = 1 + notch * np.exp(-((t_peak - 0.45) / 0.06) ** 2)
   fall = (decay - end * (u - t_peak) / (1 - t_peak)) / at_peak  # 1 at the peak, 0 at u=1
-  out[~rising] = np.minimum(fall, 1.0)
+  out[falling] = np.minimum(fall, 1.0)
   return out
 
 

@@ -166,12 +166,17 @@ def minmax_scale(x: np.ndarray) -> np.ndarray:
   return ((x - lo) / np.where(span > 0, span, 1)).astype(np.float32)
 
 
+def _row_spans(rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+  """(number of values, index of the first) of each of n rows, from the sorted row of
+  each value."""
+  return np.bincount(rows, minlength=n), np.searchsorted(rows, np.arange(n))
+
+
 def _row_means(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
   """(n,) mean of the values of each row (NaN for a row without any); `rows` (sorted)
   gives each value's row. Rows with equally many values are averaged together as the
   rows of one matrix, which numpy sums exactly as np.mean sums each alone."""
-  count = np.bincount(rows, minlength=n)
-  start = np.searchsorted(rows, np.arange(n))
+  count, start = _row_spans(rows, n)
   out = np.full(n, np.nan)
   for size in np.unique(count[count > 0]):
     which = np.flatnonzero(count == size)
@@ -185,12 +190,10 @@ def _row_medians(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
     return np.full(n, np.nan)
   order = np.lexsort((values, rows))
   values, rows = values[order], rows[order]
-  count = np.bincount(rows, minlength=n)
-  start = np.searchsorted(rows, np.arange(n))
-  some = count > 0
+  count, start = _row_spans(rows, n)
   low = values[np.minimum(start + (count - 1) // 2, len(values) - 1)]
   high = values[np.minimum(start + count // 2, len(values) - 1)]
-  return np.where(some, (low + high) / 2, np.nan)
+  return np.where(count > 0, (low + high) / 2, np.nan)
 
 
 def _labels(raw_abp: np.ndarray, peaks: np.ndarray, feet: np.ndarray):
