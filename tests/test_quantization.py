@@ -177,8 +177,12 @@ def test_quantized_model_predicts_real_windows_close_to_float(model, real_data, 
   for target in ('sbp_mmhg', 'dbp_mmhg'):
     floats = np.array([float(r[target]) for r in rows['float']])
     ints = np.array([float(r[target]) for r in rows['int8']])
-    assert np.abs(ints - floats).max() < 1.0  # mmHg, on outputs spread over
-    assert floats.std() > 0.1                  # a realistic range of values
+    # mmHg. The last bits of the float matmuls depend on the CPU's kernels (AVX2 or
+    # AVX-512), and a few activations then land in another INT8 step: measured largest
+    # differences below 1.0 on an AMD EPYC, 1.07 on an Intel Xeon (mean 0.31 there).
+    assert np.abs(ints - floats).max() < 1.5
+    assert np.abs(ints - floats).mean() < 0.5
+    assert floats.std() > 0.1  # on outputs spread over a realistic range of values
 
 
 def test_quantize_command_compares_accuracy_and_refuses_bad_input(tmp_path, tiny_dataset):
