@@ -573,7 +573,8 @@ def main(argv):
             'devices': jax.device_count(),
             'processor': platform.processor() or platform.machine(),
             'cpu_count': os.cpu_count(),
-            'channels': _CHANNELS.value, 'batch': _BATCH.value, 'jax': jax.__version__}
+            'channels': _CHANNELS.value, 'batch': _BATCH.value, 'jax': jax.__version__,
+            'glibc_tunables': os.environ.get('GLIBC_TUNABLES', '')}
   if _JSON.value:
     print(json.dumps({**header, 'results': rows}, indent=2))
   else:
