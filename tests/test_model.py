@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import flax.linen as nn
 import scipy.special
 
 from cerebro_jax.models import gelu, model as model_lib
@@ -185,3 +186,36 @@ def test_gelu_is_the_exact_gelu_with_its_exact_gradient():
   half = jax.jit(gelu.gelu)(x.astype(jnp.bfloat16))
   assert half.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(half, np.float32), exact * phi, rtol=1e-2, atol=1e-2)
+
+
+def test_dense_layers_multiply_rows_with_the_grid_products_and_gradients():
+  """The Dense layers flatten the token grid into rows (for a faster kernel gradient):
+  outputs and gradients are those of the product over the last axis, and interceptors
+  (the INT8 paths, calibration) still see each layer once, with its (B, C, P, D) input."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(3, 2, 5, 8)).astype(np.float32)
+  kernel = rng.normal(size=(8, 6)).astype(np.float32)
+  numbers = (((3,), (0,)), ((), ()))
+  grid = lambda a, w: jax.lax.dot_general(a, w, numbers)
+  rows = lambda a, w: model_lib._rows_dot(a, w, numbers)  # pylint: disable=protected-access
+  np.testing.assert_allclose(rows(x, kernel), grid(x, kernel), rtol=1e-6, atol=1e-6)
+  cotangent = rng.normal(size=(3, 2, 5, 6)).astype(np.float32)
+  for a, b in zip(jax.vjp(rows, x, kernel)[1](cotangent), jax.vjp(grid, x, kernel)[1](cotangent)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+  config = ModelConfig.from_size('small', depth=1)
+  params = model_lib.init_params(config, jax.random.PRNGKey(0))
+  seen = []
+
+  def intercept(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.Dense) and context.method_name == '__call__':
+      seen.append(('/'.join(context.module.path), args[0].shape))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(intercept):
+    model_lib.CerebroBP(config).apply({'params': params}, np.zeros((1, 2, 1250), np.float32))
+  assert seen == [('encoder/patch_embed', (1, 2, 19, 64)),
+                  ('encoder/blocks_0/attn/qkv', (1, 19, 2, 192)),
+                  ('encoder/blocks_0/attn/proj', (1, 19, 2, 192)),
+                  ('encoder/blocks_0/mlp/fc1', (1, 2, 19, 192)),
+                  ('encoder/blocks_0/mlp/fc2', (1, 2, 19, 768)), ('head', (1, 192))]
