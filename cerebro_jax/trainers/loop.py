@@ -111,11 +111,20 @@ def make_step(loss_of: Callable, tx, mesh):
 
 
 def _managers(workdir: str):
-  options = lambda: ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-  latest = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                                 options=options())
-  best = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'best'), options=options())
-  return latest, best
+  """(latest, best) CheckpointManagers of <workdir>/checkpoints and <workdir>/best.
+
+  Both save the same epoch numbers, often at once, and orbax names its cross-process
+  barriers after the step: without a prefix of their own, two processes' async saves of
+  checkpoints/1 and best/1 wait on one barrier name, which fails (or hangs) at random.
+  """
+
+  def manager(name: str) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1, create=True,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name))
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), name), options=options)
+
+  return manager('checkpoints'), manager('best')
 
 
 def write_scalars(writer, step: int, values: dict) -> None:
