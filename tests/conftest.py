@@ -16,8 +16,8 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 
 
 def _xla_flags() -> str:
-  """XLA flags for the test processes and their subprocesses, each one checked first:
-  XLA stops a process that passes a flag its build does not know.
+  """XLA flags for the test processes and their subprocesses. The emitters' flag is
+  checked first: XLA stops a process that passes a flag its build does not know.
 
   LLVM at -O0: the suite's models are tiny, so compiling costs more than running (a third
   less time for a cold cache, as on CI). XLA's graph passes and matmul libraries are the
@@ -29,14 +29,12 @@ def _xla_flags() -> str:
   programs that run a few steps (a cold suite spent 235 of its 791 CPU-seconds
   compiling, 128 of 723 with this flag).
   """
-  flags = ['--xla_backend_optimization_level=0']
-  for flag in ('--xla_cpu_use_fusion_emitters=false',):
-    probe = subprocess.run([sys.executable, '-c', 'import jax; jax.devices()'], check=False,
-                           env={**os.environ, 'XLA_FLAGS': ' '.join([*flags, flag])},
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if probe.returncode == 0:
-      flags.append(flag)
-  return ' '.join(flags)
+  base = '--xla_backend_optimization_level=0'
+  flags = f'{base} --xla_cpu_use_fusion_emitters=false'
+  probe = subprocess.run([sys.executable, '-c', 'import jax; jax.devices()'], check=False,
+                         env={**os.environ, 'XLA_FLAGS': flags},
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  return flags if probe.returncode == 0 else base
 
 
 # Decided once, in the first process (pytest's controller); the others inherit it.
