@@ -26,7 +26,7 @@ import time
 
 from absl import flags
 
-from cerebro_jax import cli, inference
+from cerebro_jax import cli, inference, sharding
 from cerebro_jax.models import checkpoints
 from cerebro_jax.quant import litert
 from cerebro_jax.quant.quantization import QuantSpec
@@ -41,6 +41,10 @@ _RECORD = flags.DEFINE_string('record', None, 'A WFDB record path or a .vital fi
                               'and predict (or give --windows).')
 _OUTPUT = flags.DEFINE_string('output', None, 'CSV file to write.', required=True)
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 256, 'Windows per forward pass.', lower_bound=1)
+_CPU_THREADS = flags.DEFINE_integer(
+    'cpu_threads', 0, 'On a CPU: XLA\'s thread pool size. 1 gives the lowest latency for a '
+    'few windows at a time (batch 1: about 1.4x faster than with two threads on 2 cores); '
+    '0: XLA\'s default, one thread per core, for large batches.', lower_bound=0)
 _SCALE = flags.DEFINE_bool('scale', False, '--windows: min-max scale each channel of each '
                            'window to [0, 1] first (windows of raw ECG and PPG values).')
 
@@ -50,6 +54,7 @@ def main(argv):
   if (_WINDOWS.value is None) == (_RECORD.value is None):
     print('error: give exactly one of --windows and --record', file=sys.stderr)
     return 1
+  sharding.use_cpu_threads(_CPU_THREADS.value)
   start = time.perf_counter()
   try:
     predict, what = _predictor(_CHECKPOINT.value)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
+from jax._src import xla_bridge  # backends_are_initialized: no public equivalent
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -27,6 +30,26 @@ def use_cpu_devices(count: int) -> None:
     raise ValueError(f'cpu_devices must be >= 0, got {count}')
   if count:
     jax.config.update('jax_num_cpu_devices', count)
+
+
+def use_cpu_threads(count: int) -> None:
+  """Gives XLA's CPU runtime a pool of `count` threads (0: XLA's default, one per core;
+  with use_cpu_devices(N) at least N).
+
+  One thread gives the lowest latency for a window at a time: on 2 cores, batch-1
+  prediction took 2.5-3.0 ms with one thread against 3.9 ms with two (docs/benchmarks.md),
+  because XLA splits each small matmul over the pool and the halves cost more in
+  hand-offs than they save. Large batches and training want every core (the default).
+  Sets PJRT_NPROC, which XLA reads when the CPU backend starts: must run before
+  anything touches a JAX device.
+  """
+  if count < 0:
+    raise ValueError(f'cpu_threads must be >= 0, got {count}')
+  if count:
+    if xla_bridge.backends_are_initialized():
+      raise RuntimeError('cpu_threads: JAX\'s backends are already running; set it before '
+                         'anything touches a JAX device (first thing in the process)')
+    os.environ['PJRT_NPROC'] = str(count)
 
 
 def data_mesh() -> jax.sharding.Mesh:

@@ -1,9 +1,12 @@
 """Benchmarks that print figures (no pass/fail): `python scripts/benchmark.py WHAT`.
 
-  model  For each size and attention type: forward latency at batch 1 (ms), throughput
-         at --batch (windows/s), and memory of one attention layer at --batch: XLA's
-         scratch bytes for the compiled layer (norm + qkv + attention + proj) and the
-         size of its softmax weights (B x H x groups x L x L float32).
+  model  For each size and attention type: forward latency at batch 1 (ms, median of at
+         least 100 calls), throughput at --batch (windows/s), and memory of one
+         attention layer at --batch: XLA's scratch bytes for the compiled layer (norm +
+         qkv + attention + proj) and the size of its softmax weights (B x H x groups x
+         L x L float32); then batch-1 latency in a fresh process with XLA on one
+         thread and one device (sharding.use_cpu_threads(1), the setting for serving a
+         window at a time).
   data   Windows prepared per second in one process (one core does the work): windowing
          alone (the cohort's records already in memory), from the synthetic generator
          and from WFDB records of the same cohort written to disk;
@@ -32,7 +35,9 @@
          the step time and bound (compute or memory) a roofline gives on an H100 and a
          TPU v5e from their published peaks. Compiles only; runs anywhere.
   --compare_torch (model, train) times the PyTorch reference model in the same run
-         (float32; train: forward, MSE, backward, AdamW) and prints JAX's speed-up.
+         (float32; train: forward, MSE, backward, AdamW) and prints JAX's speed-up; model:
+         also PyTorch's batch-1 latency with one thread in the one-thread process, and
+         JAX's one-thread speed-up against the faster of PyTorch's two latencies.
   --cpu_devices=N (model, train, pretrain, roofline) splits the CPU into N JAX devices,
          as the main job's flag does, and the batch over them.
   pulsedb  For each --pulsedb_gb: writes a PulseDB Train_Subset.mat of that size (MATLAB
@@ -115,6 +120,7 @@ _CPU_DEVICES = flags.DEFINE_integer(
 _JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
 
 SAMPLES = 1250
+LATENCY_CALLS = 100  # model: batch-1 latency is the median of at least this many calls
 
 
 def warm_result_and_seconds(fn, *args, repeats):
@@ -175,7 +181,8 @@ def bench_model():
       forward = forward_lib.jit(config)
       one = rng.random((1, _CHANNELS.value, SAMPLES), dtype=np.float32)
       many = rng.random((_BATCH.value, _CHANNELS.value, SAMPLES), dtype=np.float32)
-      latency = median_seconds(forward, params, one, repeats=_REPEATS.value)
+      latency_calls = max(_REPEATS.value, LATENCY_CALLS)
+      latency = median_seconds(forward, params, one, repeats=latency_calls)
       per_batch = median_seconds(evaluation.predict_fn(config, mesh),
                                  jax.device_put(params, sharding.replicated(mesh)),
                                  sharding.put_batch({'x': many}, mesh)['x'],
@@ -187,14 +194,57 @@ def bench_model():
       if _COMPARE_TORCH.value:
         torch, module, _ = _require_torch_reference(config)
         run = _torch_inference(torch, module)
-        torch_latency = median_seconds(run, torch.from_numpy(one), repeats=_REPEATS.value)
+        torch_latency = median_seconds(run, torch.from_numpy(one), repeats=latency_calls)
         torch_batch = median_seconds(run, torch.from_numpy(many), repeats=_REPEATS.value)
         row.update({'torch_latency_b1_ms': torch_latency * 1e3,
                     f'torch_throughput_b{_BATCH.value}': _BATCH.value / torch_batch,
                     'latency_speedup_vs_torch': torch_latency / latency,
                     'throughput_speedup_vs_torch': torch_batch / per_batch})
       rows.append(row)
+  _add_one_thread_latency(rows)
   return rows
+
+
+def _add_one_thread_latency(rows) -> None:
+  """Adds to each row of bench_model the batch-1 latency of a fresh process with XLA on
+  one thread and one device (sharding.use_cpu_threads(1), for serving a window at a time)
+  and, with --compare_torch, PyTorch's with one thread and the speed-up against the
+  faster of PyTorch's two latencies."""
+  models = [(row['size'], row['attention']) for row in rows]
+  context = multiprocessing.get_context('spawn')
+  queue = context.Queue()
+  child = context.Process(target=_one_thread_latency, args=(
+      models, _DTYPE.value, _CHANNELS.value, max(_REPEATS.value, LATENCY_CALLS),
+      _COMPARE_TORCH.value, queue))
+  child.start()
+  latencies = queue.get()
+  child.join()
+  for row, (jax_seconds, torch_seconds) in zip(rows, latencies):
+    row['latency_b1_1thread_ms'] = jax_seconds * 1e3
+    if torch_seconds is not None:
+      row['torch_latency_b1_1thread_ms'] = torch_seconds * 1e3
+      best_torch = min(torch_seconds * 1e3, row['torch_latency_b1_ms'])
+      row['latency_1thread_speedup_vs_torch'] = best_torch / row['latency_b1_1thread_ms']
+
+
+def _one_thread_latency(models, dtype, channels, repeats, compare_torch, queue) -> None:
+  """Run in a fresh process: puts [(JAX seconds, PyTorch seconds or None)], the median
+  batch-1 latency of each (size, attention type) in `models` with one thread."""
+  sharding.use_cpu_threads(1)
+  one = np.random.default_rng(0).random((1, channels, SAMPLES), dtype=np.float32)
+  latencies = []
+  for size, attention_type in models:
+    config = ModelConfig.from_size(size, attention_type=attention_type, dtype=dtype)
+    params = model_lib.init_params(config, jax.random.PRNGKey(0), channels=channels)
+    jax_seconds = median_seconds(forward_lib.jit(config), params, one, repeats=repeats)
+    torch_seconds = None
+    if compare_torch:
+      torch, module, _ = _require_torch_reference(config)
+      torch.set_num_threads(1)
+      torch_seconds = median_seconds(_torch_inference(torch, module), torch.from_numpy(one),
+                                     repeats=repeats)
+    latencies.append((jax_seconds, torch_seconds))
+  queue.put(latencies)
 
 
 def _require_torch_reference(config):

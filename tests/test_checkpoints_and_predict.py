@@ -1,6 +1,7 @@
 """Model directories (orbax) and the predict / convert_weights command lines."""
 
 import csv
+import os
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from cerebro_jax import forward, inference
+from cerebro_jax import forward, inference, sharding
 from cerebro_jax.models import checkpoints, model as model_lib
 from cerebro_jax.models.model_config import ModelConfig
 from cerebro_jax.quant import quantization
@@ -130,6 +131,38 @@ def test_predict_command_writes_named_columns(saved_model, tmp_path):
   np.testing.assert_allclose(values[:, 0], expected[:, 1], rtol=1e-6)  # SBP is output 1
   np.testing.assert_allclose(values[:, 1], expected[:, 0], rtol=1e-6)
   assert all(len(v.replace('.', '').lstrip('0')) >= 7 for v in rows[1])
+
+
+def test_predict_command_on_one_cpu_thread_predicts_the_same(saved_model, tmp_path):
+  path, params, config = saved_model
+  x = np.random.default_rng(2).random((3, 2, 1250), dtype=np.float32)
+  np.save(tmp_path / 'x.npy', x)
+  result = run('-m', 'cerebro_jax.predict', f'--checkpoint={path}', '--cpu_threads=1',
+               f'--windows={tmp_path / "x.npy"}', f'--output={tmp_path / "pred.csv"}')
+  assert result.returncode == 0, result.stderr
+  values = np.loadtxt(tmp_path / 'pred.csv', delimiter=',', skiprows=1)
+  expected = jitted_apply(model_lib.CerebroBP(config), params, x)
+  np.testing.assert_allclose(values, expected[:, ::-1], rtol=1e-6)
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self/task'), reason='needs Linux /proc')
+def test_cpu_threads_sizes_the_xla_thread_pool():
+  count = ('import collections, os, jax, jax.numpy as jnp\n'
+           'from cerebro_jax import sharding\n'
+           'sharding.use_cpu_threads({})\n'
+           'jax.block_until_ready(jnp.ones((64, 64)) @ jnp.ones((64, 64)))\n'
+           'names = [open(f"/proc/self/task/{{t}}/comm").read().strip()\n'
+           '         for t in os.listdir("/proc/self/task")]\n'
+           'print(names.count("tf_XLAEigen"))')
+  for threads in (1, 3):
+    result = run('-c', count.format(threads))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == str(threads)
+  jax.devices()  # this process's backends are running: too late to size the pool
+  with pytest.raises(RuntimeError, match='before anything touches a JAX device'):
+    sharding.use_cpu_threads(1)
+  with pytest.raises(ValueError, match='>= 0'):
+    sharding.use_cpu_threads(-1)
 
 
 def test_predict_command_refuses_bad_windows(saved_model, tmp_path):
