@@ -37,9 +37,9 @@ def use_cpu_threads(count: int) -> None:
   with use_cpu_devices(N) at least N).
 
   One thread gives the lowest latency for a window at a time: on 2 cores, batch-1
-  prediction took 2.5-3.0 ms with one thread against 3.9 ms with two (docs/benchmarks.md),
-  because XLA splits each small matmul over the pool and the halves cost more in
-  hand-offs than they save. Large batches and training want every core (the default).
+  prediction took 2.5-2.9 ms with one thread against 3.4-5.0 ms with two
+  (docs/benchmarks.md): spreading its small operations over two threads costs more than
+  it gains. Large batches and training want every core (the default).
   Sets PJRT_NPROC, which XLA reads when the CPU backend starts: must run before
   anything touches a JAX device.
   """

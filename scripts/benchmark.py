@@ -50,6 +50,7 @@
 --json prints one JSON object instead of the table. Run on an idle machine.
 """
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -211,14 +212,8 @@ def _add_one_thread_latency(rows) -> None:
   and, with --compare_torch, PyTorch's with one thread and the speed-up against the
   faster of PyTorch's two latencies."""
   models = [(row['size'], row['attention']) for row in rows]
-  context = multiprocessing.get_context('spawn')
-  queue = context.Queue()
-  child = context.Process(target=_one_thread_latency, args=(
-      models, _DTYPE.value, _CHANNELS.value, max(_REPEATS.value, LATENCY_CALLS),
-      _COMPARE_TORCH.value, queue))
-  child.start()
-  latencies = queue.get()
-  child.join()
+  latencies = in_fresh_process(_one_thread_latency, models, _DTYPE.value, _CHANNELS.value,
+                               max(_REPEATS.value, LATENCY_CALLS), _COMPARE_TORCH.value)
   for row, (jax_seconds, torch_seconds) in zip(rows, latencies):
     row['latency_b1_1thread_ms'] = jax_seconds * 1e3
     if torch_seconds is not None:
@@ -227,9 +222,9 @@ def _add_one_thread_latency(rows) -> None:
       row['latency_1thread_speedup_vs_torch'] = best_torch / row['latency_b1_1thread_ms']
 
 
-def _one_thread_latency(models, dtype, channels, repeats, compare_torch, queue) -> None:
-  """Run in a fresh process: puts [(JAX seconds, PyTorch seconds or None)], the median
-  batch-1 latency of each (size, attention type) in `models` with one thread."""
+def _one_thread_latency(models, dtype, channels, repeats, compare_torch) -> list:
+  """Run in a fresh process: [(JAX seconds, PyTorch seconds or None)], the median batch-1
+  latency of each (size, attention type) in `models` with one thread."""
   sharding.use_cpu_threads(1)
   one = np.random.default_rng(0).random((1, channels, SAMPLES), dtype=np.float32)
   latencies = []
@@ -244,7 +239,7 @@ def _one_thread_latency(models, dtype, channels, repeats, compare_torch, queue) 
       torch_seconds = median_seconds(_torch_inference(torch, module), torch.from_numpy(one),
                                      repeats=repeats)
     latencies.append((jax_seconds, torch_seconds))
-  queue.put(latencies)
+  return latencies
 
 
 def _require_torch_reference(config):
@@ -279,29 +274,24 @@ def _torch_train_seconds(torch, module, batch: dict) -> float:
   return median_seconds(step, signals, repeats=_REPEATS.value)
 
 
-def _prepare_and_report(options, output_dir: str, workers: int, queue) -> None:
-  """The Beam windowing + TFDS write of `options`, timed, with peak memory (run in a child)."""
+def in_fresh_process(fn, *args):
+  """fn(*args) in a fresh (spawned) Python process: its result, or its exception here."""
+  context = multiprocessing.get_context('spawn')
+  with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+    return pool.submit(fn, *args).result()
+
+
+def _prepare_and_report(options, output_dir: str, workers: int) -> dict:
+  """prepare_dataset of `options` with `workers` Beam workers, timed (run in a fresh
+  process): {'seconds', 'windows' (candidates), 'rss_mib', 'worker_rss_mib'}: peak
+  resident memory of that process and of its largest child."""
   start = time.perf_counter()
   with contextlib.redirect_stdout(sys.stderr):  # TFDS prints; stdout is for the figures
     summary, _ = tfds_builders.prepare_dataset(
         options, output_dir, progress=False, pipeline_options=beam_prepare.beam_options(workers))
-  queue.put({'seconds': time.perf_counter() - start, 'windows': summary['candidate_windows'],
-             'rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-             'worker_rss_mib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024})
-
-
-def _prepare_in_child(options, output_dir: str, workers: int) -> dict:
-  """prepare_dataset of `options` with `workers` Beam workers in a fresh process:
-  {'seconds', 'windows' (candidates), 'rss_mib', 'worker_rss_mib'}: peak resident memory
-  of that process and of its largest child."""
-  context = multiprocessing.get_context('spawn')
-  queue = context.Queue()
-  child = context.Process(target=_prepare_and_report,
-                          args=(options, output_dir, workers, queue))
-  child.start()
-  result = queue.get()
-  child.join()
-  return result
+  return {'seconds': time.perf_counter() - start, 'windows': summary['candidate_windows'],
+          'rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          'worker_rss_mib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
 def bench_data():
@@ -333,8 +323,8 @@ def bench_data():
         cohort = synthetic.CohortConfig(num_subjects=max(1, windows // 60),
                                         minutes_per_subject=10.0)
         output_dir = os.path.join(tmp, f'beam_{windows}_{workers}')
-        result = _prepare_in_child(dataclasses.replace(options, cohort=cohort), output_dir,
-                                   workers)
+        result = in_fresh_process(_prepare_and_report,
+                                  dataclasses.replace(options, cohort=cohort), output_dir, workers)
         rows.append({'stage': f'prepare_data (Beam + TFDS), {result["windows"]} windows, '
                               f'{workers} worker(s)',
                      'rate': result['windows'] / result['seconds'], 'unit': 'windows/s',
@@ -383,8 +373,8 @@ def bench_pulsedb():
       start = time.perf_counter()
       blocks = len(prepare.window_job(options).units)  # the listing alone, timed here
       listing_s = time.perf_counter() - start
-      result = _prepare_in_child(options, os.path.join(tmp, f'out_{gb}'),
-                                 _PULSEDB_WORKERS.value)
+      result = in_fresh_process(_prepare_and_report, options, os.path.join(tmp, f'out_{gb}'),
+                                _PULSEDB_WORKERS.value)
       rows.append({'file_gb': os.path.getsize(path) / 1e9, 'segments': count,
                    'workers': _PULSEDB_WORKERS.value, 'write_s': written,
                    'listing_s': listing_s, 'blocks': blocks,

@@ -147,7 +147,7 @@ def test_predict_command_on_one_cpu_thread_predicts_the_same(saved_model, tmp_pa
 
 @pytest.mark.skipif(not os.path.isdir('/proc/self/task'), reason='needs Linux /proc')
 def test_cpu_threads_sizes_the_xla_thread_pool():
-  count = ('import collections, os, jax, jax.numpy as jnp\n'
+  count = ('import os, jax, jax.numpy as jnp\n'
            'from cerebro_jax import sharding\n'
            'sharding.use_cpu_threads({})\n'
            'jax.block_until_ready(jnp.ones((64, 64)) @ jnp.ones((64, 64)))\n'
