@@ -18,7 +18,7 @@
          dataset's training split (two passes), streamed from disk and with
          config.data.cache (after the pass that fills it).
   quant  For each size and runtime (--runtimes), on the same weights: forward latency at
-         batch 1 (ms), throughput at --batch (windows/s) and the size of the shipped file
+         batch 1 (ms, median of at least 100 calls), throughput at --batch (windows/s) and the size of the shipped file
          (MiB) of each format. JAX: float32, weight-only INT8, dynamic and static INT8
          (PyTorch's scheme, integer path), orbax model directories. LiteRT: the float32,
          dynamic-range and static INT8 files (exported at batch 1 and at --batch; static
@@ -87,8 +87,8 @@ _BATCH = flags.DEFINE_integer('batch', 256, 'Batch for throughput and memory.', 
 _CHANNELS = flags.DEFINE_integer('channels', 2, 'Input channels (2 for ECG + PPG; more for '
                                  'the EEG setting of the paper\'s attention claim).',
                                  lower_bound=1)
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per figure (median reported).',
-                                lower_bound=1)
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per figure (median reported); '
+                                'batch-1 latencies take at least 100.', lower_bound=1)
 _SUBJECTS = flags.DEFINE_integer('subjects', 8, 'data: synthetic subjects (10 min each).',
                                  lower_bound=1)
 _DATA_WINDOWS = flags.DEFINE_list(
@@ -121,7 +121,7 @@ _CPU_DEVICES = flags.DEFINE_integer(
 _JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
 
 SAMPLES = 1250
-LATENCY_CALLS = 100  # model: batch-1 latency is the median of at least this many calls
+LATENCY_CALLS = 100  # batch-1 latency is the median of at least this many calls
 
 
 def warm_result_and_seconds(fn, *args, repeats):
@@ -134,6 +134,12 @@ def warm_result_and_seconds(fn, *args, repeats):
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
   return result, statistics.median(times)
+
+
+def timed_calls(batch: int) -> int:
+  """Calls to time for a figure at `batch` windows: --repeats, and at least LATENCY_CALLS
+  at batch 1, whose single calls move with this VM's noise."""
+  return max(_REPEATS.value, LATENCY_CALLS) if batch == 1 else _REPEATS.value
 
 
 def median_seconds(fn, *args, repeats):
@@ -182,8 +188,7 @@ def bench_model():
       forward = forward_lib.jit(config)
       one = rng.random((1, _CHANNELS.value, SAMPLES), dtype=np.float32)
       many = rng.random((_BATCH.value, _CHANNELS.value, SAMPLES), dtype=np.float32)
-      latency_calls = max(_REPEATS.value, LATENCY_CALLS)
-      latency = median_seconds(forward, params, one, repeats=latency_calls)
+      latency = median_seconds(forward, params, one, repeats=timed_calls(1))
       per_batch = median_seconds(evaluation.predict_fn(config, mesh),
                                  jax.device_put(params, sharding.replicated(mesh)),
                                  sharding.put_batch({'x': many}, mesh)['x'],
@@ -195,7 +200,7 @@ def bench_model():
       if _COMPARE_TORCH.value:
         torch, module, _ = _require_torch_reference(config)
         run = _torch_inference(torch, module)
-        torch_latency = median_seconds(run, torch.from_numpy(one), repeats=latency_calls)
+        torch_latency = median_seconds(run, torch.from_numpy(one), repeats=timed_calls(1))
         torch_batch = median_seconds(run, torch.from_numpy(many), repeats=_REPEATS.value)
         row.update({'torch_latency_b1_ms': torch_latency * 1e3,
                     f'torch_throughput_b{_BATCH.value}': _BATCH.value / torch_batch,
@@ -213,7 +218,7 @@ def _add_one_thread_latency(rows) -> None:
   faster of PyTorch's two latencies."""
   models = [(row['size'], row['attention']) for row in rows]
   latencies = in_fresh_process(_one_thread_latency, models, _DTYPE.value, _CHANNELS.value,
-                               max(_REPEATS.value, LATENCY_CALLS), _COMPARE_TORCH.value)
+                               timed_calls(1), _COMPARE_TORCH.value)
   for row, (jax_seconds, torch_seconds) in zip(rows, latencies):
     row['latency_b1_1thread_ms'] = jax_seconds * 1e3
     if torch_seconds is not None:
@@ -529,7 +534,7 @@ def _quant_jax_rows(config, params, windows, workdir):
     tree = jax.tree.map(jnp.asarray, tree)
     directory = checkpoints.save_model(os.path.join(workdir, mode), tree, config)
     rows.append({'runtime': 'jax', 'format': mode, **{
-        name: median_seconds(forward, tree, x, repeats=_REPEATS.value)
+        name: median_seconds(forward, tree, x, repeats=timed_calls(len(x)))
         for name, x in windows.items()}, 'file_mib': ptq.directory_mib(directory)})
   return rows
 
@@ -545,7 +550,7 @@ def _quant_litert_rows(config, params, windows, workdir):
                            calibration=windows['many'])
       runner = litert.signature_runner(path, num_threads=os.cpu_count())
       row[name] = median_seconds(lambda x: runner(**{litert.INPUT: x}), x,
-                                 repeats=_REPEATS.value)
+                                 repeats=timed_calls(len(x)))
       row['file_mib'] = size / 2**20
     rows.append(row)
   return rows
@@ -563,7 +568,7 @@ def _quant_torch_rows(torch, module, windows):
     torch.save(model.state_dict(), buffer)
     rows.append({'runtime': 'pytorch', 'format': name, **{
         label: median_seconds(_torch_inference(torch, model), torch.from_numpy(x),
-                              repeats=_REPEATS.value)
+                              repeats=timed_calls(len(x)))
         for label, x in windows.items()}, 'file_mib': buffer.getbuffer().nbytes / 2**20})
   return rows
 
