@@ -18,13 +18,15 @@
          dataset's training split (two passes), streamed from disk and with
          config.data.cache (after the pass that fills it).
   quant  For each size and runtime (--runtimes), on the same weights: forward latency at
-         batch 1 (ms, median of at least 100 calls), throughput at --batch (windows/s) and the size of the shipped file
-         (MiB) of each format. JAX: float32, weight-only INT8, dynamic and static INT8
-         (PyTorch's scheme, integer path), orbax model directories. LiteRT: the float32,
-         dynamic-range and static INT8 files (exported at batch 1 and at --batch; static
-         calibrated on the --batch windows), XNNPACK on all cores. PyTorch: the reference model (tests/torch_reference.py, the original
-         architecture) in float32 and after quantize_dynamic (the paper's INT8), state
-         dicts as torch.save writes them. Skips PyTorch when torch is not installed.
+         batch 1 (ms, median of at least 100 calls), throughput at --batch (windows/s)
+         and the size of the shipped file (MiB) of each format. JAX: float32,
+         weight-only INT8, dynamic and static INT8 (PyTorch's scheme, integer path),
+         orbax model directories. LiteRT: the float32, dynamic-range and static INT8
+         files (exported at batch 1 and at --batch; static calibrated on the --batch
+         windows), XNNPACK on all cores. PyTorch: the reference model
+         (tests/torch_reference.py, the original architecture) in float32 and after
+         quantize_dynamic (the paper's INT8), state dicts as torch.save writes them.
+         Skips PyTorch when torch is not installed.
   train  For each size: train step time and windows/s at --batch (Adam, drop path 0.2,
          --dtype), the step's FLOPs from XLA's cost analysis, and model FLOPs
          utilisation against this machine's measured peak (a 4096^2 matmul in --dtype).

@@ -1,10 +1,10 @@
 """The Flax CEReBrO model: sizes, padding, attention types, dtype, drop path, init."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import flax.linen as nn
 import scipy.special
 
 from cerebro_jax.models import gelu, model as model_lib
