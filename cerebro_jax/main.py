@@ -56,6 +56,7 @@ def main(argv):
     raise SystemExit(f'unexpected arguments: {argv[1:]}')
   try:
     sharding.use_cpu_devices(_CPU_DEVICES.value)
+    sharding.use_synchronous_cpu_dispatch()
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if _MODE.value == 'train_and_evaluate' and _CONFIG.value.objective == 'masked_patches':
       results = pretrain.pretrain_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -52,6 +52,24 @@ def use_cpu_threads(count: int) -> None:
     os.environ['PJRT_NPROC'] = str(count)
 
 
+def use_synchronous_cpu_dispatch() -> None:
+  """Runs each CPU computation on the calling thread (jax_cpu_enable_async_dispatch off).
+
+  XLA's CPU runtime allocates a step's scratch memory afresh at each call (192 MiB for
+  CEReBrO small's train step at 32 windows). On a worker thread glibc serves it from a
+  fresh mapping, which page-faults on first touch at every step; on the main thread,
+  with scripts/setup_venv.sh's GLIBC_TUNABLES (mmap_max=0, a high trim_threshold), it
+  reuses the heap and the step runs without page faults: one device trained 1.02-1.17x
+  faster on 2 cores (docs/benchmarks.md). The training loop keeps its losses on the
+  device, so it loses nothing by waiting. Only the CPU backend is affected. Must run
+  before anything touches a JAX device.
+  """
+  if xla_bridge.backends_are_initialized():
+    raise RuntimeError('synchronous CPU dispatch: JAX\'s backends are already running; set '
+                       'it before anything touches a JAX device (first thing in the process)')
+  jax.config.update('jax_cpu_enable_async_dispatch', False)
+
+
 def data_mesh() -> jax.sharding.Mesh:
   """All devices (of every process) on one 'data' axis."""
   return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))

@@ -30,6 +30,7 @@
   train  For each size: train step time and windows/s at --batch (Adam, drop path 0.2,
          --dtype), the step's FLOPs from XLA's cost analysis, and model FLOPs
          utilisation against this machine's measured peak (a 4096^2 matmul in --dtype).
+         Steps are dispatched synchronously on a CPU, as main.py trains.
   pretrain  The same figures for the masked-patch pre-training step (configs/pretrain.py's
          AdamW, mask ratio and loss) on --channels x 1250-sample windows.
   roofline  An estimate: for each size in float32 and bfloat16, the train step's FLOPs and
@@ -616,13 +617,16 @@ def main(argv):
   if len(argv) != 2 or argv[1] not in benchmarks:
     raise SystemExit(f'usage: benchmark.py {{{",".join(benchmarks)}}} [--json] [flags]')
   sharding.use_cpu_devices(_CPU_DEVICES.value)
+  if argv[1] in ('train', 'pretrain'):
+    sharding.use_synchronous_cpu_dispatch()  # as main.py trains
   rows = benchmarks[argv[1]]()
   header = {'benchmark': argv[1], 'device': str(jax.devices()[0]),
             'devices': jax.device_count(),
             'processor': platform.processor() or platform.machine(),
             'cpu_count': os.cpu_count(),
             'channels': _CHANNELS.value, 'batch': _BATCH.value, 'jax': jax.__version__,
-            'glibc_tunables': os.environ.get('GLIBC_TUNABLES', '')}
+            'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
+            'cpu_async_dispatch': jax.config.read('jax_cpu_enable_async_dispatch')}
   if _JSON.value:
     print(json.dumps({**header, 'results': rows}, indent=2))
   else:

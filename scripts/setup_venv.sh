@@ -16,10 +16,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   echo "$wanted" > "$stamp"
 fi
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
-# glibc (Linux): back the large blocks malloc maps with transparent huge pages. XLA's CPU
-# runtime allocates each step's scratch memory (192 MiB for CEReBrO small's train step at
-# 32 windows a device) afresh; with 4-KiB pages that is 49,000 page faults a step, with
-# huge pages a few hundred: training 1.09-1.12x faster (docs/benchmarks.md). Other C
-# libraries ignore it; a value of your own (even empty) is kept.
-export GLIBC_TUNABLES="${GLIBC_TUNABLES-glibc.malloc.hugetlb=1}"
+# glibc (Linux): XLA's CPU runtime allocates each step's scratch memory (192 MiB for
+# CEReBrO small's train step at 32 windows a device) afresh. hugetlb=1 backs such blocks
+# with transparent huge pages (a few hundred page faults a step instead of 49,000:
+# training 1.09-1.12x faster); mmap_max=0 and a 16-GiB trim_threshold keep freed blocks
+# in malloc's heap, so that a step allocated on the main thread (main.py's synchronous
+# CPU dispatch) reuses the last step's pages without faults (one device 1.02-1.17x
+# faster). See docs/benchmarks.md. The process keeps its peak memory until it exits.
+# Other C libraries ignore it; a value of your own (even empty) is kept.
+export GLIBC_TUNABLES="${GLIBC_TUNABLES-glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"

@@ -2,6 +2,8 @@
 
 import dataclasses
 import os
+import pathlib
+import platform
 import shutil
 import subprocess
 import sys
@@ -134,6 +136,47 @@ def test_four_devices_equal_one_device():
   for head in ('bp', 'reconstruction'):
     assert f'{head}: devices=4' in result.stdout, result.stdout
 
+
+
+_SCRATCH_FAULTS = '''
+import resource, sys, jax, jax.numpy as jnp
+from cerebro_jax import sharding
+if sys.argv[1] == 'sync':
+  sharding.use_synchronous_cpu_dispatch()
+step = jax.jit(lambda x: jnp.concatenate([x, x * 2]).T.sum(0))  # 128 MiB of scratch a call
+x = jnp.ones((4096, 4096), jnp.float32)
+for _ in range(3):
+  jax.block_until_ready(step(x))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+  jax.block_until_ready(step(x))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+'''
+
+
+def _setup_glibc_tunables() -> str:
+  script = (REPO_ROOT / 'scripts' / 'setup_venv.sh').read_text()
+  return script.split('GLIBC_TUNABLES="${GLIBC_TUNABLES-', 1)[1].split('}"', 1)[0]
+
+
+def test_synchronous_dispatch_reuses_scratch_memory_without_page_faults():
+  """With setup_venv.sh's GLIBC_TUNABLES, a step dispatched on the main thread takes its
+  scratch memory from malloc's heap again; dispatched on a worker thread it page-faults
+  fresh pages at every call (what main.py's synchronous dispatch avoids)."""
+  thp = pathlib.Path('/sys/kernel/mm/transparent_hugepage/enabled')
+  if platform.libc_ver()[0] != 'glibc' or not thp.exists() or '[never]' in thp.read_text():
+    pytest.skip('needs glibc and transparent huge pages (Linux)')
+  env = {**os.environ, 'GLIBC_TUNABLES': _setup_glibc_tunables(), 'JAX_PLATFORMS': 'cpu'}
+  faults = {}
+  for mode in ('sync', 'async'):
+    result = subprocess.run([sys.executable, '-c', _SCRATCH_FAULTS, mode], cwd=REPO_ROOT,
+                            env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    faults[mode] = int(result.stdout.split()[-1])
+  assert faults['sync'] <= 8 and faults['async'] >= 60, faults  # 3 x 128 MiB in 2-MiB pages: 192
+  jax.devices()  # this process's backends are running: too late
+  with pytest.raises(RuntimeError, match='before anything touches a JAX device'):
+    sharding.use_synchronous_cpu_dispatch()
 
 def test_frozen_parameters_do_not_move_and_carry_no_state():
   config = tiny_config(train_mode='frozen')
