@@ -137,7 +137,6 @@ def test_four_devices_equal_one_device():
     assert f'{head}: devices=4' in result.stdout, result.stdout
 
 
-
 _SCRATCH_FAULTS = '''
 import resource, sys, jax, jax.numpy as jnp
 from cerebro_jax import sharding
