@@ -43,9 +43,10 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'With --coordinator_ad
 _PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'With --coordinator_address: this '
                                    'process\'s index, 0 to num_processes - 1.')
 _CPU_DEVICES = flags.DEFINE_integer(
-    'cpu_devices', 0, 'On a CPU: split it into this many JAX devices, so that each trains '
-    'its share of the batch on its own core (2 on 2 cores: 1.10-1.16x faster training '
-    'than one device; batch sizes must divide by it). 0: one CPU device, JAX\'s default. '
+    'cpu_devices', 0, 'On a CPU: split it into this many JAX devices, so that each works '
+    'on its share of the batch (2 on 2 cores: batch-256 evaluation 1.25-1.46x faster, '
+    'training at batch 64 1.01-1.10x, at 32 0.88-0.98x the speed of one device; batch '
+    'sizes must divide by it). 0: one CPU device, JAX\'s default. '
     'Other digits than with one device: the batch is summed in another order.',
     lower_bound=0)
 flags.mark_flags_as_required(['config'])

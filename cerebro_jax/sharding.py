@@ -21,9 +21,11 @@ def use_cpu_devices(count: int) -> None:
   """Splits this process's CPU into `count` JAX devices, so that the data mesh runs a
   batch's shards side by side on the cores (0: JAX's default, one CPU device).
 
-  On 2 cores, 2 devices trained CEReBrO small 1.10-1.16x faster than one device using
-  both cores (docs/benchmarks.md): XLA runs one operation at a time, and few of them keep two
-  cores busy. Batches must then divide by `count`. Only the CPU backend is affected (a
+  XLA runs one operation at a time, and few of them keep two cores busy. On 2 cores, 2
+  devices ran batch-256 inference 1.25-1.46x faster than one device; they trained
+  CEReBrO small 1.10-1.16x faster before one device's steps ran without page faults
+  (use_synchronous_cpu_dispatch), and since then 1.01-1.10x at batch 64 and 0.88-0.98x
+  at 32 (docs/benchmarks.md). Batches must then divide by `count`. Only the CPU backend is affected (a
   GPU or TPU job keeps its devices). Must run before anything touches a JAX device.
   """
   if count < 0:
