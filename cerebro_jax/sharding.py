@@ -25,8 +25,9 @@ def use_cpu_devices(count: int) -> None:
   devices ran batch-256 inference 1.25-1.46x faster than one device; they trained
   CEReBrO small 1.10-1.16x faster before one device's steps ran without page faults
   (use_synchronous_cpu_dispatch), and since then 1.01-1.10x at batch 64 and 0.88-0.98x
-  at 32 (docs/benchmarks.md). Batches must then divide by `count`. Only the CPU backend is affected (a
-  GPU or TPU job keeps its devices). Must run before anything touches a JAX device.
+  at 32 (docs/benchmarks.md). Batches must then divide by `count`. Only the CPU backend
+  is affected (a GPU or TPU job keeps its devices). Must run before anything touches a
+  JAX device.
   """
   if count < 0:
     raise ValueError(f'cpu_devices must be >= 0, got {count}')
@@ -48,9 +49,7 @@ def use_cpu_threads(count: int) -> None:
   if count < 0:
     raise ValueError(f'cpu_threads must be >= 0, got {count}')
   if count:
-    if xla_bridge.backends_are_initialized():
-      raise RuntimeError('cpu_threads: JAX\'s backends are already running; set it before '
-                         'anything touches a JAX device (first thing in the process)')
+    _require_backends_not_started('cpu_threads')
     os.environ['PJRT_NPROC'] = str(count)
 
 
@@ -66,10 +65,15 @@ def use_synchronous_cpu_dispatch() -> None:
   device, so it loses nothing by waiting. Only the CPU backend is affected. Must run
   before anything touches a JAX device.
   """
-  if xla_bridge.backends_are_initialized():
-    raise RuntimeError('synchronous CPU dispatch: JAX\'s backends are already running; set '
-                       'it before anything touches a JAX device (first thing in the process)')
+  _require_backends_not_started('synchronous CPU dispatch')
   jax.config.update('jax_cpu_enable_async_dispatch', False)
+
+
+def _require_backends_not_started(setting: str) -> None:
+  """Raises if JAX's backends already run: `setting` is read when they start."""
+  if xla_bridge.backends_are_initialized():
+    raise RuntimeError(f'{setting}: JAX\'s backends are already running; set it before '
+                       'anything touches a JAX device (first thing in the process)')
 
 
 def data_mesh() -> jax.sharding.Mesh:
