@@ -16,6 +16,7 @@ import functools
 
 import jax
 
+from cerebro_jax import sharding
 from cerebro_jax.models.model_config import ModelConfig
 from cerebro_jax.quant import quantization
 from cerebro_jax.quant.quantization import QuantSpec
@@ -49,3 +50,12 @@ def jit(config: ModelConfig, spec: QuantSpec = QuantSpec(), **jit_kwargs):
   (B, 2) [DBP, SBP] mmHg, with compiler_options(spec); jit_kwargs go to jax.jit."""
   return jax.jit(quantization.make_apply(config, spec),
                  compiler_options=compiler_options(spec), **jit_kwargs)
+
+
+@functools.lru_cache(maxsize=8)
+def predict_fn(model_config, mesh, spec: QuantSpec = QuantSpec()):
+  """Jitted (params, signals (B, 2, 1250)) -> (B, 2) outputs, batch split over `mesh`;
+  params as `spec` says (float32, or quantized)."""
+  return jit(model_config, spec,
+             in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+             out_shardings=sharding.batch_sharded(mesh))

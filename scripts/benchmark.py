@@ -51,6 +51,10 @@
          1 GB of examples before spilling to disk) and of its largest Beam worker.
 
 --json prints one JSON object instead of the table. Run on an idle machine.
+
+model, train, pretrain and roofline need JAX, Flax, optax, orbax and ml_collections only
+(torch for --compare_torch): they run on an accelerator image without TensorFlow; data,
+quant and pulsedb import the input pipeline, TensorFlow and LiteRT when they run.
 """
 
 import concurrent.futures
@@ -74,16 +78,12 @@ import numpy as np
 from absl import flags
 
 from cerebro_jax import cli, forward as forward_lib, sharding
-from cerebro_jax.evaluators import evaluation
 from cerebro_jax.models import checkpoints, convert, model as model_lib
 from cerebro_jax.models.model_config import ATTENTION_TYPES, SIZES, ModelConfig
-from cerebro_jax.quant import calibration, litert, ptq, quantization
-from cerebro_jax.trainers import loop, masked_patches, optim, pretrain, train
+from cerebro_jax.quant import calibration, quantization
+from cerebro_jax.trainers import masked_patches, optim, steps
 from configs import default
 from configs import pretrain as pretrain_configs
-from input_pipeline import (beam_prepare, mimic3, pipeline, prepare, pulsedb_writer, synthetic,
-                            tfds_builders)
-from input_pipeline.windows import windows_of
 
 _SIZES = flags.DEFINE_multi_enum('sizes', list(SIZES), list(SIZES), 'Model sizes to measure.')
 _BATCH = flags.DEFINE_integer('batch', 256, 'Batch for throughput and memory.', lower_bound=1)
@@ -192,7 +192,7 @@ def bench_model():
       one = rng.random((1, _CHANNELS.value, SAMPLES), dtype=np.float32)
       many = rng.random((_BATCH.value, _CHANNELS.value, SAMPLES), dtype=np.float32)
       latency = median_seconds(forward, params, one, repeats=timed_calls(1))
-      per_batch = median_seconds(evaluation.predict_fn(config, mesh),
+      per_batch = median_seconds(forward_lib.predict_fn(config, mesh),
                                  jax.device_put(params, sharding.replicated(mesh)),
                                  sharding.put_batch({'x': many}, mesh)['x'],
                                  repeats=_REPEATS.value)
@@ -259,9 +259,13 @@ def _require_torch_reference(config):
 
 
 def _torch_inference(torch, module):
+  """(B, C, 1250) CPU tensor -> (B, 2) numpy outputs: the input copied to the module's
+  device and the output back, as JAX's timed forward takes a host array."""
+  device = next(module.parameters()).device
+
   def forward(x):
     with torch.inference_mode():
-      return module(x).numpy()
+      return module(x.to(device)).cpu().numpy()
   return forward
 
 
@@ -270,15 +274,16 @@ def _torch_train_seconds(torch, module, batch: dict) -> float:
   [DBP, SBP], backward, AdamW (the original's optimizer) at the same batch."""
   module.train()
   optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, weight_decay=0.05)
-  signals = torch.from_numpy(np.asarray(batch['signals']))
-  targets = torch.from_numpy(np.stack([np.asarray(batch['dbp']), np.asarray(batch['sbp'])], -1))
+  device = next(module.parameters()).device  # the batch is on the device, as JAX's is
+  signals = torch.from_numpy(np.array(batch['signals'])).to(device)
+  targets = torch.from_numpy(np.stack([batch['dbp'], batch['sbp']], -1)).to(device)
 
   def step(x):
     optimizer.zero_grad()
     loss = torch.nn.functional.mse_loss(module(x), targets)
     loss.backward()
     optimizer.step()
-    return loss.detach().numpy()
+    return loss.detach().cpu().numpy()
 
   return median_seconds(step, signals, repeats=_REPEATS.value)
 
@@ -294,6 +299,7 @@ def _prepare_and_report(options, output_dir: str, workers: int) -> dict:
   """prepare_dataset of `options` with `workers` Beam workers, timed (run in a fresh
   process): {'seconds', 'windows' (candidates), 'rss_mib', 'worker_rss_mib'}: peak
   resident memory of that process and of its largest child."""
+  from input_pipeline import beam_prepare, tfds_builders  # pylint: disable=import-outside-toplevel
   start = time.perf_counter()
   with contextlib.redirect_stdout(sys.stderr):  # TFDS prints; stdout is for the figures
     summary, _ = tfds_builders.prepare_dataset(
@@ -304,6 +310,10 @@ def _prepare_and_report(options, output_dir: str, workers: int) -> dict:
 
 
 def bench_data():
+  # pylint: disable=import-outside-toplevel
+  from input_pipeline import mimic3, pipeline, prepare, synthetic
+  from input_pipeline.windows import windows_of
+  # pylint: enable=import-outside-toplevel
   options = prepare.PrepareOptions(cohort=synthetic.CohortConfig(
       num_subjects=_SUBJECTS.value, minutes_per_subject=10.0))
   rows = []
@@ -362,6 +372,7 @@ def bench_data():
 
 
 def bench_pulsedb():
+  from input_pipeline import prepare, pulsedb_writer  # pylint: disable=import-outside-toplevel
   rows = []
   rng = np.random.default_rng(0)
   with tempfile.TemporaryDirectory(dir=_PULSEDB_DIR.value or None) as tmp:
@@ -397,16 +408,21 @@ def bench_pulsedb():
 def matmul_peak_flops(dtype) -> float:
   """Measured FLOP/s of a large square matmul: the machine's practical peak."""
   n = 4096
-  a = jnp.ones((n, n), dtype)
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)  # GPUs multiply zeros faster
   matmul = jax.jit(lambda x: x @ x)
   return 2 * n**3 / median_seconds(matmul, a, repeats=_REPEATS.value)
 
 
-def _step_cost(step, state, batch, mesh) -> tuple[float, float]:
-  """(FLOPs, bytes accessed) of one step over the whole mesh: XLA's cost analysis of the
-  compiled step counts one device's share."""
-  cost = step.lower(state, batch).compile().cost_analysis()
-  return cost['flops'] * mesh.size, cost['bytes accessed'] * mesh.size
+def _step_cost(step, state, batch, mesh) -> tuple[float, float, float]:
+  """(FLOPs, bytes accessed, scratch bytes) of one step over the whole mesh, from XLA's
+  analyses of one device's share: FLOPs of the step as lowered, before XLA's passes (the
+  compiled step's count leaves out the matmuls a GPU hands to cuBLAS: 0.14 against 0.84
+  GFLOP per window for small on an H200); bytes and scratch of the compiled step."""
+  lowered = step.lower(state, batch)
+  compiled = lowered.compile()
+  return (lowered.cost_analysis()['flops'] * mesh.size,
+          compiled.cost_analysis()['bytes accessed'] * mesh.size,
+          compiled.memory_analysis().temp_size_in_bytes * mesh.size)
 
 
 def _train_step(size: str, dtype: str, mesh, batch_size: int):
@@ -415,12 +431,12 @@ def _train_step(size: str, dtype: str, mesh, batch_size: int):
   model_config = ModelConfig.from_size(size, dtype=dtype)
   params = model_lib.init_params(model_config, jax.random.PRNGKey(0))
   tx, _ = optim.make_optimizer(default.get_config(), params)
-  state = jax.device_put(loop.init_state(params, tx, 0), sharding.replicated(mesh))
+  state = jax.device_put(steps.init_state(params, tx, 0), sharding.replicated(mesh))
   batch = sharding.put_batch({
       'signals': rng.random((batch_size, 2, SAMPLES), dtype=np.float32),
       'sbp': rng.uniform(100, 160, batch_size).astype(np.float32),
       'dbp': rng.uniform(60, 90, batch_size).astype(np.float32)}, mesh)
-  return train.make_train_step(model_config, tx, mesh), state, batch
+  return steps.make_train_step(model_config, tx, mesh), state, batch
 
 
 def _pretrain_step(size: str, dtype: str, mesh, batch_size: int):
@@ -431,12 +447,12 @@ def _pretrain_step(size: str, dtype: str, mesh, batch_size: int):
   model_config = ModelConfig.from_size(size, dtype=dtype, head='reconstruction')
   params = model_lib.init_params(model_config, jax.random.PRNGKey(0), _CHANNELS.value)
   tx, _ = optim.make_optimizer(config, params)
-  state = jax.device_put(loop.init_state(params, tx, 0), sharding.replicated(mesh))
+  state = jax.device_put(steps.init_state(params, tx, 0), sharding.replicated(mesh))
   batch = sharding.put_batch({
       'signals': rng.random((batch_size, _CHANNELS.value, SAMPLES), dtype=np.float32),
       'channel_mask': np.ones((batch_size, _CHANNELS.value), bool)}, mesh)
   objective = masked_patches.Objective(**config.pretrain.to_dict())
-  return pretrain.make_pretrain_step(model_config, objective, tx, mesh), state, batch
+  return steps.make_pretrain_step(model_config, objective, tx, mesh), state, batch
 
 
 def _bench_steps(make_step, compare_torch: bool):
@@ -446,7 +462,7 @@ def _bench_steps(make_step, compare_torch: bool):
   rows = []
   for size in _SIZES.value:
     step, state, batch = make_step(size, _DTYPE.value, mesh, _BATCH.value)
-    flops, _ = _step_cost(step, state, batch, mesh)
+    flops, _, scratch = _step_cost(step, state, batch, mesh)
     state, _ = step(state, batch)  # compile
     jax.block_until_ready(state)
     times = []
@@ -458,7 +474,8 @@ def _bench_steps(make_step, compare_torch: bool):
     seconds = statistics.median(times)
     row = {'size': size, 'step_ms': seconds * 1e3, 'windows_per_s': _BATCH.value / seconds,
            'step_gflop': flops / 1e9, 'achieved_gflops': flops / seconds / 1e9,
-           'peak_matmul_gflops': peak / 1e9, 'mfu_pct': 100 * flops / seconds / peak}
+           'peak_matmul_gflops': peak / 1e9, 'mfu_pct': 100 * flops / seconds / peak,
+           'xla_scratch_mib': scratch / 2**20}
     if compare_torch:
       torch, module, _ = _require_torch_reference(ModelConfig.from_size(size))
       torch_seconds = _torch_train_seconds(torch, module, jax.device_get(batch))
@@ -487,14 +504,15 @@ ACCELERATORS = {
 
 def bench_roofline():
   """An estimate, not a measurement: the train step's FLOPs and bytes accessed from XLA's
-  cost analysis (of the CPU compilation: fusion on a GPU or TPU differs), and the step time
-  a roofline gives on each ACCELERATORS entry: max(FLOPs / peak, bytes / bandwidth)."""
+  cost analyses (_step_cost; bytes of this backend's compilation: a GPU or TPU fuses
+  otherwise, and a GPU's count leaves out its cuBLAS matmuls), and the step time a roofline
+  gives on each ACCELERATORS entry: max(FLOPs / peak, bytes / bandwidth)."""
   mesh = sharding.data_mesh()
   rows = []
   for size in _SIZES.value:
     for dtype in ('float32', 'bfloat16'):
       step, state, batch = _train_step(size, dtype, mesh, _BATCH.value)
-      flops, moved = _step_cost(step, state, batch, mesh)
+      flops, moved, _ = _step_cost(step, state, batch, mesh)
       row = {'size': size, 'dtype': dtype, 'gflop_per_window': flops / _BATCH.value / 1e9,
              'mb_per_window': moved / _BATCH.value / 1e6, 'flop_per_byte': flops / moved}
       for name, chip in ACCELERATORS.items():
@@ -507,7 +525,8 @@ def bench_roofline():
 
 def _torch_reference(config):
   """The PyTorch reference model of tests/torch_reference.py (the original architecture)
-  with random weights, and the same weights as Flax params; None without torch."""
+  with random weights, on _torch_device's device, and the same weights as Flax params;
+  None without torch."""
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
@@ -520,11 +539,22 @@ def _torch_reference(config):
   torch_reference.randomize(module, 0)
   params, _ = convert.convert_state_dict(
       {k: v.numpy() for k, v in module.state_dict().items()}, config)
-  return torch, module.eval(), params
+  return torch, module.to(_torch_device(torch)).eval(), params
+
+
+def _torch_device(torch) -> str:
+  """'cuda' when JAX runs on a GPU and PyTorch sees one, else 'cpu'. On CUDA, float32
+  matmuls in TF32 (torch.set_float32_matmul_precision('high')), as JAX's default
+  precision runs them on a GPU, so that both run the same arithmetic."""
+  if jax.default_backend() == 'gpu' and torch.cuda.is_available():
+    torch.set_float32_matmul_precision('high')
+    return 'cuda'
+  return 'cpu'
 
 
 def _quant_jax_rows(config, params, windows, workdir):
   """JAX: float32 and the three INT8 modes (static calibrated on the --batch windows)."""
+  from cerebro_jax.quant import ptq  # pylint: disable=import-outside-toplevel
   static = quantization.QuantSpec('int8_static', scheme='pytorch')
   trees = {'float32': params, 'int8_weights': quantization.quantize_params(params),
            'int8_dynamic': quantization.quantize_params(params, 'channel', 'pytorch'),
@@ -545,6 +575,7 @@ def _quant_jax_rows(config, params, windows, workdir):
 
 def _quant_litert_rows(config, params, windows, workdir):
   """LiteRT files (batch 1 and --batch) as the converter writes them, XNNPACK, all cores."""
+  from cerebro_jax.quant import litert  # pylint: disable=import-outside-toplevel
   rows = []
   for quant in litert.QUANTIZATIONS:
     row = {'runtime': 'litert', 'format': quant}
@@ -613,7 +644,8 @@ def print_table(rows):
 
 def main(argv):
   benchmarks = {'model': bench_model, 'data': bench_data, 'quant': bench_quant,
-                'train': bench_train, 'pretrain': bench_pretrain, 'pulsedb': bench_pulsedb, 'roofline': bench_roofline}
+                'train': bench_train, 'pretrain': bench_pretrain, 'pulsedb': bench_pulsedb,
+                'roofline': bench_roofline}
   if len(argv) != 2 or argv[1] not in benchmarks:
     raise SystemExit(f'usage: benchmark.py {{{",".join(benchmarks)}}} [--json] [flags]')
   sharding.use_cpu_devices(_CPU_DEVICES.value)
@@ -621,12 +653,15 @@ def main(argv):
     sharding.use_synchronous_cpu_dispatch()  # as main.py trains
   rows = benchmarks[argv[1]]()
   header = {'benchmark': argv[1], 'device': str(jax.devices()[0]),
-            'devices': jax.device_count(),
+            'device_kind': jax.devices()[0].device_kind, 'devices': jax.device_count(),
             'processor': platform.processor() or platform.machine(),
             'cpu_count': os.cpu_count(),
             'channels': _CHANNELS.value, 'batch': _BATCH.value, 'jax': jax.__version__,
             'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
             'cpu_async_dispatch': jax.config.read('jax_cpu_enable_async_dispatch')}
+  if _COMPARE_TORCH.value and argv[1] in ('model', 'train'):
+    torch = _require_torch_reference(ModelConfig.from_size('small'))[0]
+    header['torch'] = f'{torch.__version__} on {_torch_device(torch)}'
   if _JSON.value:
     print(json.dumps({**header, 'results': rows}, indent=2))
   else:

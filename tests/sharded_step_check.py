@@ -15,24 +15,24 @@ import optax
 from cerebro_jax import sharding
 from cerebro_jax.models import model as model_lib
 from cerebro_jax.models.model_config import ModelConfig
-from cerebro_jax.trainers import loop, masked_patches, pretrain, train
+from cerebro_jax.trainers import masked_patches, steps
 
 
-def run(mesh, head: str, steps=3):
+def run(mesh, head: str, num_steps=3):
   # Two blocks (one of each attention) for fine-tuning; one for pre-training, whose
   # masking and decoder are what it adds.
   model_config = ModelConfig(embed_dim=48, depth=2 if head == 'bp' else 1, num_heads=4,
                              drop_path_rate=0.2, head=head)
   params = model_lib.init_params(model_config, jax.random.PRNGKey(0), channels=3)
   tx = optax.sgd(1e-4 if head == 'bp' else 1e-2)
-  state = jax.device_put(loop.init_state(params, tx, 1), sharding.replicated(mesh))
+  state = jax.device_put(steps.init_state(params, tx, 1), sharding.replicated(mesh))
   if head == 'bp':
-    step = train.make_train_step(model_config, tx, mesh)
+    step = steps.make_train_step(model_config, tx, mesh)
   else:
-    step = pretrain.make_pretrain_step(model_config, masked_patches.Objective(), tx, mesh)
+    step = steps.make_pretrain_step(model_config, masked_patches.Objective(), tx, mesh)
   rng = np.random.default_rng(0)
   losses = []
-  for _ in range(steps):
+  for _ in range(num_steps):
     if head == 'bp':
       batch = {'signals': rng.random((8, 2, 1250), dtype=np.float32),
                'sbp': rng.uniform(100, 160, 8).astype(np.float32),

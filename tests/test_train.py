@@ -20,7 +20,7 @@ from cerebro_jax import sharding
 from cerebro_jax.evaluators import evaluation
 from cerebro_jax.models import checkpoints, model as model_lib
 from cerebro_jax.models.model_config import ModelConfig
-from cerebro_jax.trainers import loop, optim, train
+from cerebro_jax.trainers import loop, optim, steps, train
 from configs import accelerator, default, paper
 from conftest import REPO_ROOT
 
@@ -48,7 +48,7 @@ def start_state(config, model_config=TINY):
   params = model_lib.init_params(model_config, jax.random.PRNGKey(0))
   params['head']['bias'] = np.array([75.0, 130.0], np.float32)
   tx, labels = optim.make_optimizer(config, params)
-  return loop.init_state(params, tx, 1), tx, labels
+  return steps.init_state(params, tx, 1), tx, labels
 
 
 def test_first_step_equals_an_independent_computation():
@@ -59,7 +59,7 @@ def test_first_step_equals_an_independent_computation():
   params0 = jax.tree.map(np.array, state['params'])
   data = batch()
   mesh = sharding.data_mesh()
-  new_state, loss = train.make_train_step(TINY, tx, mesh)(
+  new_state, loss = steps.make_train_step(TINY, tx, mesh)(
       jax.device_put(state, sharding.replicated(mesh)), sharding.put_batch(data, mesh))
 
   module = model_lib.CerebroBP(TINY)
@@ -102,7 +102,7 @@ def test_gradient_accumulation_averages_micro_batches():
     config = tiny_config(grad_accum_steps=accum)
     state, tx, _ = start_state(config, model_config)
     params0 = jax.tree.map(np.array, state['params'])
-    step = train.make_train_step(model_config, tx, mesh)
+    step = steps.make_train_step(model_config, tx, mesh)
     state = jax.device_put(state, sharding.replicated(mesh))
     for i, part in enumerate(batches):
       state, _ = step(state, sharding.put_batch(part, mesh))
@@ -186,7 +186,7 @@ def test_frozen_parameters_do_not_move_and_carry_no_state():
   state, tx, labels = start_state(config)
   params0 = traverse_util.flatten_dict(jax.tree.map(np.array, state['params']), sep='/')
   mesh = sharding.data_mesh()
-  step = train.make_train_step(TINY, tx, mesh)
+  step = steps.make_train_step(TINY, tx, mesh)
   state = jax.device_put(state, sharding.replicated(mesh))
   for seed in range(3):
     state, _ = step(state, sharding.put_batch(batch(seed=seed), mesh))

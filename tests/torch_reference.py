@@ -110,7 +110,7 @@ class Encoder(nn.Module):
                      self.patch_encoding[:, None, :p, :].expand(1, c, p, half)], dim=-1)
     tokens = tokens + enc
     if channel_mask is None:
-      channel_mask = torch.ones(b, c, dtype=torch.bool)
+      channel_mask = torch.ones(b, c, dtype=torch.bool, device=x.device)
     else:
       tokens = torch.where(channel_mask[:, :, None, None], tokens, self.pad_token)
     tokens = tokens.reshape(b, c * p, -1)

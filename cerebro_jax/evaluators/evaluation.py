@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
@@ -15,15 +14,6 @@ from cerebro_jax.quant.quantization import QuantSpec
 from input_pipeline import pipeline, splits, tfds_builders
 
 
-@functools.lru_cache(maxsize=8)
-def predict_fn(model_config, mesh, spec: QuantSpec = QuantSpec()):
-  """Jitted (params, signals (B, 2, 1250)) -> (B, 2) outputs, batch split over `mesh`;
-  params as `spec` says (float32, or quantized)."""
-  return forward_lib.jit(model_config, spec,
-                         in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
-                         out_shardings=sharding.batch_sharded(mesh))
-
-
 def predict_split(params, model_config, builder, split: str, batch_size: int, mesh,
                   spec: QuantSpec = QuantSpec()) -> dict:
   """Every window of `split` once, in file order, on every process:
@@ -31,7 +21,7 @@ def predict_split(params, model_config, builder, split: str, batch_size: int, me
 
   Each process predicts its shard; the rows of all processes are gathered afterwards.
   """
-  forward = predict_fn(model_config, mesh, spec)
+  forward = forward_lib.predict_fn(model_config, mesh, spec)
   local = sharding.check_batch(batch_size, 'eval_batch_size')
   parts = []
   for batch in pipeline.eval_batches(builder, split, local):

@@ -1,8 +1,8 @@
 """The epoch loop every training job shares: resume, steps, NaN guard, logs, checkpoints.
 
 A job (fine-tuning in train.py, masked-patch pre-training in pretrain.py) supplies its
-jitted step, its batches and its validation metric (lower is better); `fit` runs epochs
-with progress bars and TensorBoard scalars, checkpoints the train state after each epoch
+jitted step (steps.py), its batches and its validation metric (lower is better); `fit`
+runs epochs with progress bars and TensorBoard scalars, checkpoints the train state after each epoch
 (orbax, <workdir>/checkpoints) and the best parameters by the validation metric
 (<workdir>/best, model directories), stops early after config.patience epochs without
 improvement, and resumes a stopped run from its last epoch so that it ends where a run
@@ -19,7 +19,6 @@ from typing import Callable, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 import tensorflow as tf
 from tqdm import tqdm
@@ -27,7 +26,7 @@ from tqdm import tqdm
 from cerebro_jax import distributed, sharding
 from cerebro_jax.models import checkpoints
 from cerebro_jax.models.model_config import ModelConfig
-from cerebro_jax.trainers import optim
+from cerebro_jax.trainers import optim, steps
 
 
 class TrainingDivergedError(RuntimeError):
@@ -84,30 +83,8 @@ def start(config, workdir: str):
 def start_state(config, params, steps_per_epoch: int, mesh):
   """(optimizer, replicated train state at step 0) for `params` under `config`."""
   tx, _ = optim.make_optimizer(config, params, steps_per_epoch // config.grad_accum_steps)
-  return tx, jax.device_put(init_state(params, tx, config.seed), sharding.replicated(mesh))
-
-
-def init_state(params, tx, seed: int) -> dict:
-  """The train state at step 0: {'step', 'params', 'opt_state', 'rng'} (host arrays)."""
-  return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params),
-          'rng': jax.random.PRNGKey(seed)}
-
-
-def make_step(loss_of: Callable, tx, mesh):
-  """Jitted (state, batch) -> (state, loss) of one optimizer step on
-  loss_of(params, batch, key), key = fold_in(state rng, step) (dropout, masks); the state
-  is donated and replicated, the batch split over `mesh`."""
-
-  def step(state, batch):
-    key = jax.random.fold_in(state['rng'], state['step'])
-    loss, grads = jax.value_and_grad(loss_of)(state['params'], batch, key)
-    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
-    return {'step': state['step'] + 1, 'params': optax.apply_updates(state['params'], updates),
-            'opt_state': opt_state, 'rng': state['rng']}, loss
-
-  replicated = sharding.replicated(mesh)
-  return jax.jit(step, in_shardings=(replicated, sharding.batch_sharded(mesh)),
-                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+  state = steps.init_state(params, tx, config.seed)
+  return tx, jax.device_put(state, sharding.replicated(mesh))
 
 
 def _managers(workdir: str):

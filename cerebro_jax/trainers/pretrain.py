@@ -31,7 +31,7 @@ import numpy as np
 
 from cerebro_jax import distributed, sharding
 from cerebro_jax.models import checkpoints, model as model_lib
-from cerebro_jax.trainers import loop, masked_patches, pretrain_data, train
+from cerebro_jax.trainers import loop, masked_patches, pretrain_data, steps, train
 
 # Windows of the training split averaged into the 'mean_patch' baseline.
 _MEAN_PATCH_WINDOWS = 2048
@@ -57,33 +57,6 @@ def initial_params(config, channels: int, samples: int):
   return jax.tree.map(np.asarray, params), model_config
 
 
-def _masks_and_targets(model_config, objective, batch, key):
-  patches = batch['signals'].shape[-1] // model_config.patch_size
-  token_mask = masked_patches.random_token_mask(key, batch['channel_mask'], patches,
-                                                objective.mask_ratio)
-  return token_mask, masked_patches.patch_targets(batch['signals'], model_config.patch_size)
-
-
-def make_pretrain_step(model_config, objective, tx, mesh):
-  """Jitted (state, batch) -> (state, loss); state donated, batch split over `mesh`.
-
-  batch: 'signals' (B, C, T) float32, 'channel_mask' (B, C) bool. Each step draws its
-  token masks and dropout from (state rng, step).
-  """
-  module = model_lib.CerebroPretrain(model_config)
-
-  def loss_of(params, batch, key):
-    mask_key, dropout = jax.random.split(key)
-    token_mask, target = _masks_and_targets(model_config, objective, batch, mask_key)
-    prediction = module.apply({'params': params}, batch['signals'], batch['channel_mask'],
-                              token_mask, deterministic=False, rngs={'dropout': dropout})
-    return masked_patches.reconstruction_loss(prediction, target, token_mask,
-                                              batch['channel_mask'], objective.alpha,
-                                              objective.loss)
-
-  return loop.make_step(loss_of, tx, mesh)
-
-
 @functools.lru_cache(maxsize=8)
 def _eval_terms_fn(model_config, objective, mesh):
   """Jitted (params, batch, key, mean_patch) -> {predictor: loss_terms} for the model and
@@ -91,7 +64,7 @@ def _eval_terms_fn(model_config, objective, mesh):
   module = model_lib.CerebroPretrain(model_config)
 
   def terms(params, batch, key, mean_patch):
-    token_mask, target = _masks_and_targets(model_config, objective, batch, key)
+    token_mask, target = steps.masks_and_targets(model_config, objective, batch, key)
     predictions = masked_patches.baseline_predictions(target, mean_patch)
     predictions['model'] = module.apply({'params': params}, batch['signals'],
                                         batch['channel_mask'], token_mask)
@@ -165,7 +138,7 @@ def pretrain_and_evaluate(config, workdir: str,
                                               eval_seed)
   job = loop.Job(
       model_config=model_config,
-      train_step=make_pretrain_step(model_config, pre, tx, mesh),
+      train_step=steps.make_pretrain_step(model_config, pre, tx, mesh),
       batches=lambda seed: data.train_batches(config.batch_size, seed, shards, num_shards,
                                               config.data.shuffle_buffer),
       steps_per_epoch=steps_per_epoch,

@@ -25,19 +25,14 @@ import os
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from cerebro_jax import datasets, distributed, sharding
 from cerebro_jax.evaluators import evaluation
 from cerebro_jax.models import checkpoints, model as model_lib
 from cerebro_jax.models.model_config import ModelConfig
-from cerebro_jax.trainers import loop
+from cerebro_jax.trainers import loop, steps
 from input_pipeline import pipeline
-
-
-# Target names in the order of the model's outputs: ('dbp', 'sbp').
-_TARGET_ORDER = tuple(c.removesuffix('_mmhg') for c in model_lib.OUTPUT_COLUMNS)
 
 
 def model_config_from(config, init_config: ModelConfig | None = None) -> ModelConfig:
@@ -70,30 +65,13 @@ def initial_params(config, train_means: dict):
     params = model_lib.init_params(model_config, jax.random.PRNGKey(config.seed))
   params = jax.tree.map(np.asarray, params)
   if config.head_bias_init == 'train_mean':
-    params['head']['bias'] = np.array([train_means[t] for t in _TARGET_ORDER], np.float32)
+    params['head']['bias'] = np.array([train_means[t] for t in steps.TARGET_ORDER], np.float32)
   elif config.head_bias_init == 'zeros':
     params['head']['bias'] = np.zeros(2, np.float32)
   elif config.head_bias_init != 'keep':
     raise ValueError(f'head_bias_init must be train_mean, zeros or keep, got '
                      f'{config.head_bias_init!r}')
   return params, model_config
-
-
-def make_train_step(model_config: ModelConfig, tx, mesh):
-  """Jitted (state, batch) -> (state, loss); state donated, batch split over `mesh`.
-
-  state: {'step', 'params', 'opt_state', 'rng'}; batch: 'signals' (B, 2, 1250), 'sbp',
-  'dbp' (B,) mmHg. Loss: MSE over the model's two outputs against the named targets.
-  """
-  module = model_lib.CerebroBP(model_config)
-
-  def loss_of(params, batch, dropout):
-    targets = jnp.stack([batch[t] for t in _TARGET_ORDER], -1)
-    out = module.apply({'params': params}, batch['signals'], deterministic=False,
-                       rngs={'dropout': dropout})
-    return jnp.mean((out - targets) ** 2)
-
-  return loop.make_step(loss_of, tx, mesh)
 
 
 def train_and_evaluate(config, workdir: str,
@@ -119,7 +97,7 @@ def train_and_evaluate(config, workdir: str,
   params, model_config = initial_params(config, train_means)
   tx, state = loop.start_state(config, params, steps_per_epoch, mesh)
 
-  train_step = make_train_step(model_config, tx, mesh)
+  train_step = steps.make_train_step(model_config, tx, mesh)
   job = loop.Job(
       model_config=model_config, train_step=train_step,
       batches=lambda seed: pipeline.train_batches(

@@ -1,0 +1,95 @@
+"""The jitted optimizer steps of the training jobs, and their train state.
+
+`init_state` makes the state every job trains; `make_step` jits one optimizer step of a
+loss; `make_train_step` (BP fine-tuning, train.py) and `make_pretrain_step` (masked-patch
+pre-training, pretrain.py) are the two jobs' steps. This module imports no data pipeline
+(no TensorFlow): `scripts/benchmark.py train|pretrain|model|roofline` run where only JAX,
+Flax, optax and ml_collections are installed, as on an accelerator image.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cerebro_jax import sharding
+from cerebro_jax.models import model as model_lib
+from cerebro_jax.models.model_config import ModelConfig
+from cerebro_jax.trainers import masked_patches
+
+# Target names in the order of the BP model's outputs: ('dbp', 'sbp').
+TARGET_ORDER = tuple(c.removesuffix('_mmhg') for c in model_lib.OUTPUT_COLUMNS)
+
+
+def init_state(params, tx, seed: int) -> dict:
+  """The train state at step 0: {'step', 'params', 'opt_state', 'rng'} (host arrays)."""
+  return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params),
+          'rng': jax.random.PRNGKey(seed)}
+
+
+def make_step(loss_of: Callable, tx, mesh):
+  """Jitted (state, batch) -> (state, loss) of one optimizer step on
+  loss_of(params, batch, key), key = fold_in(state rng, step) (dropout, masks); the state
+  is donated and replicated, the batch split over `mesh`."""
+
+  def step(state, batch):
+    key = jax.random.fold_in(state['rng'], state['step'])
+    loss, grads = jax.value_and_grad(loss_of)(state['params'], batch, key)
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    return {'step': state['step'] + 1, 'params': optax.apply_updates(state['params'], updates),
+            'opt_state': opt_state, 'rng': state['rng']}, loss
+
+  replicated = sharding.replicated(mesh)
+  return jax.jit(step, in_shardings=(replicated, sharding.batch_sharded(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+def make_train_step(model_config: ModelConfig, tx, mesh):
+  """Jitted (state, batch) -> (state, loss); state donated, batch split over `mesh`.
+
+  state: {'step', 'params', 'opt_state', 'rng'}; batch: 'signals' (B, 2, 1250), 'sbp',
+  'dbp' (B,) mmHg. Loss: MSE over the model's two outputs against the named targets.
+  """
+  module = model_lib.CerebroBP(model_config)
+
+  def loss_of(params, batch, dropout):
+    targets = jnp.stack([batch[t] for t in TARGET_ORDER], -1)
+    out = module.apply({'params': params}, batch['signals'], deterministic=False,
+                       rngs={'dropout': dropout})
+    return jnp.mean((out - targets) ** 2)
+
+  return make_step(loss_of, tx, mesh)
+
+
+def masks_and_targets(model_config: ModelConfig, objective: masked_patches.Objective,
+                      batch: dict, key) -> tuple[jax.Array, jax.Array]:
+  """(token mask (B, C, patches) bool, True = masked; patch targets (B, C, patches,
+  patch_size)) of a pre-training batch: 'signals' (B, C, T), 'channel_mask' (B, C)."""
+  patches = batch['signals'].shape[-1] // model_config.patch_size
+  token_mask = masked_patches.random_token_mask(key, batch['channel_mask'], patches,
+                                                objective.mask_ratio)
+  return token_mask, masked_patches.patch_targets(batch['signals'], model_config.patch_size)
+
+
+def make_pretrain_step(model_config: ModelConfig, objective: masked_patches.Objective, tx,
+                       mesh):
+  """Jitted (state, batch) -> (state, loss); state donated, batch split over `mesh`.
+
+  batch: 'signals' (B, C, T) float32, 'channel_mask' (B, C) bool. Each step draws its
+  token masks and dropout from (state rng, step).
+  """
+  module = model_lib.CerebroPretrain(model_config)
+
+  def loss_of(params, batch, key):
+    mask_key, dropout = jax.random.split(key)
+    token_mask, target = masks_and_targets(model_config, objective, batch, mask_key)
+    prediction = module.apply({'params': params}, batch['signals'], batch['channel_mask'],
+                              token_mask, deterministic=False, rngs={'dropout': dropout})
+    return masked_patches.reconstruction_loss(prediction, target, token_mask,
+                                              batch['channel_mask'], objective.alpha,
+                                              objective.loss)
+
+  return make_step(loss_of, tx, mesh)
