@@ -414,13 +414,14 @@ def matmul_peak_flops(dtype) -> float:
 
 
 def _step_cost(step, state, batch, mesh) -> tuple[float, float, float]:
-  """(FLOPs, bytes accessed, scratch bytes) of one step over the whole mesh, from XLA's
-  analyses of one device's share: FLOPs of the step as lowered, before XLA's passes (the
-  compiled step's count leaves out the matmuls a GPU hands to cuBLAS: 0.14 against 0.84
-  GFLOP per window for small on an H200); bytes and scratch of the compiled step."""
+  """(FLOPs, bytes accessed, scratch bytes) of one step over the whole mesh. FLOPs: XLA's
+  cost analysis of the step as lowered, the whole batch's program before XLA's passes
+  (the compiled step's count leaves out the matmuls a GPU hands to cuBLAS: 0.14 against
+  0.84 GFLOP per window for small on an H200). Bytes and scratch: the compiled step's
+  analyses, of one device's share."""
   lowered = step.lower(state, batch)
   compiled = lowered.compile()
-  return (lowered.cost_analysis()['flops'] * mesh.size,
+  return (lowered.cost_analysis()['flops'],
           compiled.cost_analysis()['bytes accessed'] * mesh.size,
           compiled.memory_analysis().temp_size_in_bytes * mesh.size)
 
