@@ -53,6 +53,19 @@ def use_cpu_threads(count: int) -> None:
     os.environ['PJRT_NPROC'] = str(count)
 
 
+def cpu_threads_per_device() -> int:
+  """XLA's CPU threads per local CPU device: its pool's size (PJRT_NPROC or NPROC, else
+  the cores this process may use) over the local devices, at least 1."""
+  pool = os.environ.get('PJRT_NPROC') or os.environ.get('NPROC')
+  if pool:
+    threads = int(pool)
+  elif hasattr(os, 'sched_getaffinity'):  # Linux
+    threads = len(os.sched_getaffinity(0))
+  else:
+    threads = os.cpu_count() or 1
+  return max(1, threads // jax.local_device_count())
+
+
 def use_synchronous_cpu_dispatch() -> None:
   """Runs each CPU computation on the calling thread (jax_cpu_enable_async_dispatch off).
 

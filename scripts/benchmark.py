@@ -30,7 +30,8 @@
   train  For each size: train step time and windows/s at --batch (Adam, drop path 0.2,
          --dtype), the step's FLOPs from XLA's cost analysis, and model FLOPs
          utilisation against this machine's measured peak (a 4096^2 matmul in --dtype).
-         Steps are dispatched synchronously on a CPU, as main.py trains.
+         Steps are dispatched synchronously on a CPU and split as --step_splits says, as
+         main.py trains.
   pretrain  The same figures for the masked-patch pre-training step (configs/pretrain.py's
          AdamW, mask ratio and loss) on --channels x 1250-sample windows.
   roofline  An estimate: for each size in float32 and bfloat16, the train step's FLOPs and
@@ -121,6 +122,9 @@ _CPU_DEVICES = flags.DEFINE_integer(
     'devices (the main job\'s --cpu_devices); batches are split over them (model: the '
     '--batch throughput; batch 1 runs on one device). 0: one CPU device, JAX\'s default.',
     lower_bound=0)
+_STEP_SPLITS = flags.DEFINE_integer(
+    'step_splits', 0, 'train, pretrain: parts of each device\'s batch in a step, as the main '
+    'job\'s config.step_splits (0: its automatic choice, steps.step_splits).', lower_bound=0)
 _JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
 
 SAMPLES = 1250
@@ -426,8 +430,9 @@ def _step_cost(step, state, batch, mesh) -> tuple[float, float, float]:
           compiled.memory_analysis().temp_size_in_bytes * mesh.size)
 
 
-def _train_step(size: str, dtype: str, mesh, batch_size: int):
-  """(jitted train step, state, batch) of CEReBrO `size` in `dtype` on random windows."""
+def _train_step(size: str, dtype: str, mesh, batch_size: int, splits: int = 1):
+  """(jitted train step, state, batch) of CEReBrO `size` in `dtype` on random windows,
+  each device's batch in `splits` parts."""
   rng = np.random.default_rng(0)
   model_config = ModelConfig.from_size(size, dtype=dtype)
   params = model_lib.init_params(model_config, jax.random.PRNGKey(0))
@@ -437,12 +442,13 @@ def _train_step(size: str, dtype: str, mesh, batch_size: int):
       'signals': rng.random((batch_size, 2, SAMPLES), dtype=np.float32),
       'sbp': rng.uniform(100, 160, batch_size).astype(np.float32),
       'dbp': rng.uniform(60, 90, batch_size).astype(np.float32)}, mesh)
-  return steps.make_train_step(model_config, tx, mesh), state, batch
+  return steps.make_train_step(model_config, tx, mesh, splits), state, batch
 
 
-def _pretrain_step(size: str, dtype: str, mesh, batch_size: int):
+def _pretrain_step(size: str, dtype: str, mesh, batch_size: int, splits: int = 1):
   """(jitted pre-training step, state, batch) as configs/pretrain.py runs it (AdamW,
-  mask ratio and loss of the config) on random windows of --channels x 1250 samples."""
+  mask ratio and loss of the config) on random windows of --channels x 1250 samples,
+  each device's batch in `splits` parts."""
   rng = np.random.default_rng(0)
   config = pretrain_configs.get_config()
   model_config = ModelConfig.from_size(size, dtype=dtype, head='reconstruction')
@@ -453,7 +459,7 @@ def _pretrain_step(size: str, dtype: str, mesh, batch_size: int):
       'signals': rng.random((batch_size, _CHANNELS.value, SAMPLES), dtype=np.float32),
       'channel_mask': np.ones((batch_size, _CHANNELS.value), bool)}, mesh)
   objective = masked_patches.Objective(**config.pretrain.to_dict())
-  return steps.make_pretrain_step(model_config, objective, tx, mesh), state, batch
+  return steps.make_pretrain_step(model_config, objective, tx, mesh, splits), state, batch
 
 
 def _bench_steps(make_step, compare_torch: bool):
@@ -462,7 +468,8 @@ def _bench_steps(make_step, compare_torch: bool):
   mesh = sharding.data_mesh()
   rows = []
   for size in _SIZES.value:
-    step, state, batch = make_step(size, _DTYPE.value, mesh, _BATCH.value)
+    step, state, batch = make_step(size, _DTYPE.value, mesh, _BATCH.value,
+                                   steps.step_splits(_STEP_SPLITS.value, _BATCH.value, mesh))
     flops, _, scratch = _step_cost(step, state, batch, mesh)
     state, _ = step(state, batch)  # compile
     jax.block_until_ready(state)
@@ -660,6 +667,9 @@ def main(argv):
             'channels': _CHANNELS.value, 'batch': _BATCH.value, 'jax': jax.__version__,
             'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
             'cpu_async_dispatch': jax.config.read('jax_cpu_enable_async_dispatch')}
+  if argv[1] in ('train', 'pretrain'):
+    header['step_splits'] = steps.step_splits(_STEP_SPLITS.value, _BATCH.value,
+                                              sharding.data_mesh())
   if _COMPARE_TORCH.value and argv[1] in ('model', 'train'):
     torch = _require_torch_reference(ModelConfig.from_size('small'))[0]
     header['torch'] = f'{torch.__version__} on {_torch_device(torch)}'

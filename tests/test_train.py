@@ -114,6 +114,42 @@ def test_gradient_accumulation_averages_micro_batches():
                moments[2], moments[1])
 
 
+def test_split_step_equals_the_whole_batch_step():
+  """A step whose batch of 8 is computed as 2 or 4 independent parts gives the whole
+  batch's loss and update (no drop path, whose draws are per part)."""
+  model_config = dataclasses.replace(TINY, depth=1, drop_path_rate=0.0)
+  data = batch()
+  mesh = sharding.data_mesh()
+  results = {}
+  for splits in (1, 2, 4):
+    state, tx, _ = start_state(tiny_config(), model_config)
+    step = steps.make_train_step(model_config, tx, mesh, splits)
+    state, loss = step(jax.device_put(state, sharding.replicated(mesh)),
+                       sharding.put_batch(data, mesh))
+    results[splits] = float(loss), jax.device_get(optax.tree_utils.tree_get(
+        state['opt_state'], 'mu'))
+  for splits in (2, 4):
+    assert results[splits][0] == pytest.approx(results[1][0], rel=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+                 results[splits][1], results[1][1])
+
+
+def test_step_splits_choice(monkeypatch):
+  mesh = sharding.data_mesh()  # one CPU device
+  monkeypatch.setattr(sharding, 'cpu_threads_per_device', lambda: 4)
+  # Automatic: the threads, fewer when parts would hold under 8 windows or not divide.
+  assert [steps.step_splits(0, b, mesh) for b in (64, 32, 30, 24, 16, 12, 8)] == [
+      4, 4, 3, 3, 2, 1, 1]
+  assert steps.step_splits(3, 33, mesh) == 3  # as asked
+  with pytest.raises(ValueError, match='step_splits 3 does not divide the batch of 32'):
+    steps.step_splits(3, 32, mesh)
+  with pytest.raises(ValueError, match='must be >= 0'):
+    steps.step_splits(-1, 32, mesh)
+  monkeypatch.undo()  # the real cpu_threads_per_device, which reads PJRT_NPROC
+  monkeypatch.setenv('PJRT_NPROC', '6')
+  assert sharding.cpu_threads_per_device() == 6 // jax.local_device_count()
+
+
 def test_warmup_cosine_schedule():
   config = tiny_config(schedule='warmup_cosine', learning_rate=1e-3, min_learning_rate=1e-6,
                        warmup_epochs=2, num_epochs=10)
@@ -134,7 +170,7 @@ def test_four_devices_equal_one_device():
   result = subprocess.run([sys.executable, str(script)], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
-  for head in ('bp', 'reconstruction'):
+  for head in ('bp', 'reconstruction', 'bp in 2 parts'):
     assert f'{head}: devices=4' in result.stdout, result.stdout
 
 

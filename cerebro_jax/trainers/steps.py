@@ -5,6 +5,14 @@ loss; `make_train_step` (BP fine-tuning, train.py) and `make_pretrain_step` (mas
 pre-training, pretrain.py) are the two jobs' steps. This module imports no data pipeline
 (no TensorFlow): `scripts/benchmark.py train|pretrain|model|roofline` run where only JAX,
 Flax, optax and ml_collections are installed, as on an accelerator image.
+
+Split steps (`splits` > 1, config.step_splits): each device's batch is cut into parts
+whose losses and gradients are computed as independent pieces of one program and
+averaged, as gradient accumulation averages micro-batches. XLA's CPU runtime runs
+independent operations side by side, so on a CPU each thread works on its own part, one
+operation at a time, instead of both threads sharing every small operation: on 2 cores
+CEReBrO small's step ran 1.1-1.2x faster with 2 parts at batch 32 and 64, the main job
+1.06x (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -23,6 +31,44 @@ from cerebro_jax.trainers import masked_patches
 # Target names in the order of the BP model's outputs: ('dbp', 'sbp').
 TARGET_ORDER = tuple(c.removesuffix('_mmhg') for c in model_lib.OUTPUT_COLUMNS)
 
+# step_splits' automatic choice never cuts a device's batch into parts smaller than this.
+MIN_SPLIT_WINDOWS = 8
+
+
+def step_splits(requested: int, global_batch: int, mesh) -> int:
+  """Parts of each device's batch in a train step (config.step_splits).
+
+  `requested` > 0 is taken as it is and must divide the device's batch. 0 chooses: on a
+  CPU, XLA's threads per device (sharding.cpu_threads_per_device), lowered until the
+  parts divide the device's batch and hold at least MIN_SPLIT_WINDOWS windows; 1 on a
+  GPU or TPU, whose kernels want the whole batch.
+  """
+  per_device = global_batch // mesh.size
+  if requested < 0:
+    raise ValueError(f'step_splits must be >= 0, got {requested}')
+  if requested:
+    if per_device % requested:
+      raise ValueError(f'step_splits {requested} does not divide the batch of '
+                       f'{per_device} windows per device')
+    return requested
+  if jax.default_backend() != 'cpu':
+    return 1
+  splits = min(sharding.cpu_threads_per_device(), per_device // MIN_SPLIT_WINDOWS)
+  while splits > 1 and per_device % splits:
+    splits -= 1
+  return max(splits, 1)
+
+
+def _parts(batch: dict, splits: int, devices: int) -> list[dict]:
+  """`batch` (rows sharded over `devices`) cut into `splits` parts of equal rows; part i
+  holds the i-th slice of every device's rows, so no row leaves its device."""
+
+  def part(x, i):
+    grid = x.reshape(devices, splits, x.shape[0] // (devices * splits), *x.shape[1:])
+    return grid[:, i].reshape(x.shape[0] // splits, *x.shape[1:])
+
+  return [jax.tree.map(lambda x, i=i: part(x, i), batch) for i in range(splits)]
+
 
 def init_state(params, tx, seed: int) -> dict:
   """The train state at step 0: {'step', 'params', 'opt_state', 'rng'} (host arrays)."""
@@ -30,14 +76,24 @@ def init_state(params, tx, seed: int) -> dict:
           'rng': jax.random.PRNGKey(seed)}
 
 
-def make_step(loss_of: Callable, tx, mesh):
+def make_step(loss_of: Callable, tx, mesh, splits: int = 1):
   """Jitted (state, batch) -> (state, loss) of one optimizer step on
   loss_of(params, batch, key), key = fold_in(state rng, step) (dropout, masks); the state
-  is donated and replicated, the batch split over `mesh`."""
+  is donated and replicated, the batch split over `mesh`. With `splits` > 1 the loss and
+  gradients are the means of loss_of's over the batch's parts (_parts), part i drawing
+  from fold_in(key, i)."""
+  grad_fn = jax.value_and_grad(loss_of)
+
+  def value_and_grad(params, batch, key):
+    if splits == 1:
+      return grad_fn(params, batch, key)
+    results = [grad_fn(params, part, jax.random.fold_in(key, i))
+               for i, part in enumerate(_parts(batch, splits, mesh.size))]
+    return jax.tree.map(lambda *parts: sum(parts) / splits, *results)
 
   def step(state, batch):
     key = jax.random.fold_in(state['rng'], state['step'])
-    loss, grads = jax.value_and_grad(loss_of)(state['params'], batch, key)
+    loss, grads = value_and_grad(state['params'], batch, key)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     return {'step': state['step'] + 1, 'params': optax.apply_updates(state['params'], updates),
             'opt_state': opt_state, 'rng': state['rng']}, loss
@@ -47,8 +103,9 @@ def make_step(loss_of: Callable, tx, mesh):
                  out_shardings=(replicated, replicated), donate_argnums=(0,))
 
 
-def make_train_step(model_config: ModelConfig, tx, mesh):
-  """Jitted (state, batch) -> (state, loss); state donated, batch split over `mesh`.
+def make_train_step(model_config: ModelConfig, tx, mesh, splits: int = 1):
+  """Jitted (state, batch) -> (state, loss); state donated, batch split over `mesh` and
+  each device's share into `splits` parts (make_step).
 
   state: {'step', 'params', 'opt_state', 'rng'}; batch: 'signals' (B, 2, 1250), 'sbp',
   'dbp' (B,) mmHg. Loss: MSE over the model's two outputs against the named targets.
@@ -61,7 +118,7 @@ def make_train_step(model_config: ModelConfig, tx, mesh):
                        rngs={'dropout': dropout})
     return jnp.mean((out - targets) ** 2)
 
-  return make_step(loss_of, tx, mesh)
+  return make_step(loss_of, tx, mesh, splits)
 
 
 def masks_and_targets(model_config: ModelConfig, objective: masked_patches.Objective,
@@ -75,8 +132,9 @@ def masks_and_targets(model_config: ModelConfig, objective: masked_patches.Objec
 
 
 def make_pretrain_step(model_config: ModelConfig, objective: masked_patches.Objective, tx,
-                       mesh):
-  """Jitted (state, batch) -> (state, loss); state donated, batch split over `mesh`.
+                       mesh, splits: int = 1):
+  """Jitted (state, batch) -> (state, loss); state donated, batch split over `mesh` and
+  each device's share into `splits` parts (make_step).
 
   batch: 'signals' (B, C, T) float32, 'channel_mask' (B, C) bool. Each step draws its
   token masks and dropout from (state rng, step).
@@ -92,4 +150,4 @@ def make_pretrain_step(model_config: ModelConfig, objective: masked_patches.Obje
                                               batch['channel_mask'], objective.alpha,
                                               objective.loss)
 
-  return make_step(loss_of, tx, mesh)
+  return make_step(loss_of, tx, mesh, splits)
