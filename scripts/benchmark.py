@@ -41,7 +41,8 @@
   --compare_torch (model, train) times the PyTorch reference model in the same run
          (float32; train: forward, MSE, backward, AdamW) and prints JAX's speed-up; model:
          also PyTorch's batch-1 latency with one thread in the one-thread process, and
-         JAX's one-thread speed-up against the faster of PyTorch's two latencies.
+         JAX's one-thread speed-up against the faster of PyTorch's two latencies. When JAX
+         runs on a GPU, PyTorch runs on it too (CUDA, TF32 matmuls as JAX's default).
   --cpu_devices=N (model, train, pretrain, roofline) splits the CPU into N JAX devices,
          as the main job's flag does, and the batch over them.
   pulsedb  For each --pulsedb_gb: writes a PulseDB Train_Subset.mat of that size (MATLAB
@@ -113,8 +114,9 @@ _PULSEDB_DIR = flags.DEFINE_string('pulsedb_dir', '', 'pulsedb: folder for the f
                                    'a temporary one; needs about twice the largest size).')
 _COMPARE_TORCH = flags.DEFINE_bool(
     'compare_torch', False, 'model, train: also time the PyTorch reference model '
-    '(tests/torch_reference.py, the original architecture; float32, all cores) in the same '
-    'run and print JAX\'s speed-up over it (>1: JAX is faster). Needs torch.')
+    '(tests/torch_reference.py, the original architecture; float32, all cores, or the GPU '
+    'with TF32 matmuls when JAX runs on one) in the same run and print JAX\'s speed-up '
+    'over it (>1: JAX is faster). Needs torch.')
 _RUNTIMES = flags.DEFINE_multi_enum('runtimes', ['jax', 'litert', 'pytorch'],
                                     ['jax', 'litert', 'pytorch'], 'quant: runtimes to time.')
 _CPU_DEVICES = flags.DEFINE_integer(
