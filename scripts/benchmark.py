@@ -30,8 +30,8 @@
   train  For each size: train step time and windows/s at --batch (Adam, drop path 0.2,
          --dtype), the step's FLOPs from XLA's cost analysis, and model FLOPs
          utilisation against this machine's measured peak (a 4096^2 matmul in --dtype).
-         Steps are dispatched synchronously on a CPU and split as --step_splits says, as
-         main.py trains.
+         Steps are dispatched synchronously on a CPU and split as --step_splits says (the
+         step_splits column), as main.py trains.
   pretrain  The same figures for the masked-patch pre-training step (configs/pretrain.py's
          AdamW, mask ratio and loss) on --channels x 1250-sample windows.
   roofline  An estimate: for each size in float32 and bfloat16, the train step's FLOPs and
@@ -468,10 +468,10 @@ def _bench_steps(make_step, compare_torch: bool):
   """Per size: step time, windows/s, XLA's FLOPs per step and MFU of `make_step`'s step."""
   peak = matmul_peak_flops(jnp.dtype(_DTYPE.value))
   mesh = sharding.data_mesh()
+  splits = steps.step_splits(_STEP_SPLITS.value, _BATCH.value, mesh)
   rows = []
   for size in _SIZES.value:
-    step, state, batch = make_step(size, _DTYPE.value, mesh, _BATCH.value,
-                                   steps.step_splits(_STEP_SPLITS.value, _BATCH.value, mesh))
+    step, state, batch = make_step(size, _DTYPE.value, mesh, _BATCH.value, splits)
     flops, _, scratch = _step_cost(step, state, batch, mesh)
     state, _ = step(state, batch)  # compile
     jax.block_until_ready(state)
@@ -482,7 +482,8 @@ def _bench_steps(make_step, compare_torch: bool):
       jax.block_until_ready(loss)
       times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
-    row = {'size': size, 'step_ms': seconds * 1e3, 'windows_per_s': _BATCH.value / seconds,
+    row = {'size': size, 'step_splits': splits, 'step_ms': seconds * 1e3,
+           'windows_per_s': _BATCH.value / seconds,
            'step_gflop': flops / 1e9, 'achieved_gflops': flops / seconds / 1e9,
            'peak_matmul_gflops': peak / 1e9, 'mfu_pct': 100 * flops / seconds / peak,
            'xla_scratch_mib': scratch / 2**20}
@@ -669,11 +670,8 @@ def main(argv):
             'channels': _CHANNELS.value, 'batch': _BATCH.value, 'jax': jax.__version__,
             'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
             'cpu_async_dispatch': jax.config.read('jax_cpu_enable_async_dispatch')}
-  if argv[1] in ('train', 'pretrain'):
-    header['step_splits'] = steps.step_splits(_STEP_SPLITS.value, _BATCH.value,
-                                              sharding.data_mesh())
   if _COMPARE_TORCH.value and argv[1] in ('model', 'train'):
-    torch = _require_torch_reference(ModelConfig.from_size('small'))[0]
+    import torch  # pylint: disable=import-outside-toplevel  # the runs above needed it
     header['torch'] = f'{torch.__version__} on {_torch_device(torch)}'
   if _JSON.value:
     print(json.dumps({**header, 'results': rows}, indent=2))
