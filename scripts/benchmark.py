@@ -39,10 +39,11 @@
          the step time and bound (compute or memory) a roofline gives on an H100 and a
          TPU v5e from their published peaks. Compiles only; runs anywhere.
   --compare_torch (model, train) times the PyTorch reference model in the same run
-         (float32; train: forward, MSE, backward, AdamW) and prints JAX's speed-up; model:
-         also PyTorch's batch-1 latency with one thread in the one-thread process, and
-         JAX's one-thread speed-up against the faster of PyTorch's two latencies. When JAX
-         runs on a GPU, PyTorch runs on it too (CUDA, TF32 matmuls as JAX's default).
+         (float32; train: forward with the original's drop path 0.2, MSE, backward,
+         AdamW) and prints JAX's speed-up; model: also PyTorch's batch-1 latency with one
+         thread in the one-thread process, and JAX's one-thread speed-up against the
+         faster of PyTorch's two latencies. When JAX runs on a GPU, PyTorch runs on it
+         too (CUDA, TF32 matmuls as JAX's default).
   --cpu_devices=N (model, train, pretrain, roofline) splits the CPU into N JAX devices,
          as the main job's flag does, and the batch over them.
   pulsedb  For each --pulsedb_gb: writes a PulseDB Train_Subset.mat of that size (MATLAB
@@ -276,8 +277,9 @@ def _torch_inference(torch, module):
 
 
 def _torch_train_seconds(torch, module, batch: dict) -> float:
-  """Median seconds of one PyTorch training step of the reference model: forward, MSE on
-  [DBP, SBP], backward, AdamW (the original's optimizer) at the same batch."""
+  """Median seconds of one PyTorch training step of the reference model: forward with the
+  blocks' drop path at the JAX step's rate, MSE on [DBP, SBP], backward, AdamW (the
+  original's optimizer) at the same batch."""
   module.train()
   optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, weight_decay=0.05)
   device = next(module.parameters()).device  # the batch is on the device, as JAX's is
@@ -546,7 +548,7 @@ def _torch_reference(config):
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'tests'))
   import torch_reference  # pylint: disable=import-outside-toplevel
   module = torch_reference.BPModel(config.embed_dim, config.depth, config.num_heads,
-                                   config.attention_type)
+                                   config.attention_type, config.drop_path_rate)
   torch_reference.randomize(module, 0)
   params, _ = convert.convert_state_dict(
       {k: v.numpy() for k, v in module.state_dict().items()}, config)

@@ -43,11 +43,22 @@ class Mlp(nn.Module):
     return self.fc2(self.act(self.fc1(x)))
 
 
+def drop_path(x, rate: float, training: bool):
+  """Stochastic depth as the spec's blocks apply it during fine-tuning: each sample's
+  residual branch x (B, ...) is zeroed with probability `rate`, else scaled by
+  1 / (1 - rate); the identity in eval mode or at rate 0."""
+  if not training or rate == 0.0:
+    return x
+  keep = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device)
+  return x * keep.bernoulli_(1.0 - rate) / (1.0 - rate)
+
+
 class Block(nn.Module):
 
-  def __init__(self, dim, heads, mode):
+  def __init__(self, dim, heads, mode, drop_path_rate=0.0):
     super().__init__()
     self.mode = mode
+    self.drop_path_rate = drop_path_rate
     self.norm1 = nn.LayerNorm(dim)
     self.attn = Attention(dim, heads)
     self.norm2 = nn.LayerNorm(dim)
@@ -67,8 +78,9 @@ class Block(nn.Module):
     return out.reshape(b, n, d)
 
   def forward(self, x, mask, channels):
-    x = x + self._attend(self.norm1(x), mask, channels)
-    return x + self.mlp(self.norm2(x))
+    rate = self.drop_path_rate
+    x = x + drop_path(self._attend(self.norm1(x), mask, channels), rate, self.training)
+    return x + drop_path(self.mlp(self.norm2(x)), rate, self.training)
 
 
 class _PatchProj(nn.Module):
@@ -87,7 +99,8 @@ class _PatchEmbed(nn.Module):
 
 class Encoder(nn.Module):
 
-  def __init__(self, dim, depth, heads, attention_type='alternating', patch=64):
+  def __init__(self, dim, depth, heads, attention_type='alternating', patch=64,
+               drop_path_rate=0.0):
     super().__init__()
     self.patch = patch
     self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -97,7 +110,7 @@ class Encoder(nn.Module):
     self.patch_embed = _PatchEmbed(dim, patch)
     modes = ['full'] * depth if attention_type == 'full' else [
         'channels' if i % 2 == 0 else 'time' for i in range(depth)]
-    self.blocks = nn.ModuleList([Block(dim, heads, m) for m in modes])
+    self.blocks = nn.ModuleList([Block(dim, heads, m, drop_path_rate) for m in modes])
     self.norm = nn.LayerNorm(dim)
 
   def forward(self, x, channel_mask=None):  # x (B, C, T)
@@ -141,11 +154,13 @@ class _Head(nn.Module):
 
 
 class BPModel(nn.Module):
-  """(B, 2, T) -> (B, 2) [DBP, SBP]; state-dict keys `model.*` and `model_head.*`."""
+  """(B, 2, T) -> (B, 2) [DBP, SBP]; state-dict keys `model.*` and `model_head.*`.
+  drop_path_rate: the blocks' stochastic depth in training mode (the paper's fine-tuning
+  uses 0.2); eval mode, what the conversion tests compare, never drops."""
 
-  def __init__(self, dim, depth, heads, attention_type='alternating'):
+  def __init__(self, dim, depth, heads, attention_type='alternating', drop_path_rate=0.0):
     super().__init__()
-    self.model = Encoder(dim, depth, heads, attention_type)
+    self.model = Encoder(dim, depth, heads, attention_type, drop_path_rate=drop_path_rate)
     self.model_head = _Head(dim)
 
   def forward(self, x, channel_mask=None):
