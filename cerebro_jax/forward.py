@@ -5,9 +5,8 @@ On jaxlib 0.10's CPU backend, XLA's YNNPACK fusions (its default for matmuls) ru
 CEReBrO's float forward pass slower than XLA's other kernels: turning them off made
 batch-1 latency 1.35x and batch 256 1.28x faster here, and weight-only INT8 (float
 matmuls on dequantized weights) 1.32x and 1.22x (docs/benchmarks.md). The integer
-INT8 paths gained nothing and keep XLA's defaults, and so does training: the options
-change rounding in the last digit, and with it a training trajectory; for inference they
-move outputs by about 3e-8 mmHg.
+INT8 paths gained nothing and keep XLA's defaults. For inference the options move outputs
+by about 3e-8 mmHg. Training steps have their own (trainers/steps.py).
 """
 
 from __future__ import annotations
@@ -25,24 +24,13 @@ CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}  # YNNPACK fusions of
 FLOAT_MATMUL_MODES = ('float32', 'int8_weights')  # the modes CPU_OPTIONS speed up
 
 
-@functools.cache
-def _known(options: tuple[tuple[str, str], ...]) -> bool:
-  """Whether this XLA compiles with `options` (the items of an options dict)."""
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(0.0).compile()
-  except jax.errors.JaxRuntimeError:  # 'No such compile option'
-    return False
-  return True
-
-
 def compiler_options(spec: QuantSpec = QuantSpec()) -> dict:
   """CPU_OPTIONS for the float-matmul modes when the default backend is a CPU whose XLA
   knows them; {} otherwise (integer INT8 paths, a GPU or TPU, or another jaxlib where the
   experimental option is gone)."""
-  if (spec.mode not in FLOAT_MATMUL_MODES or jax.default_backend() != 'cpu'
-      or not _known(tuple(CPU_OPTIONS.items()))):
+  if spec.mode not in FLOAT_MATMUL_MODES:
     return {}
-  return dict(CPU_OPTIONS)
+  return sharding.known_cpu_options(CPU_OPTIONS)
 
 
 def jit(config: ModelConfig, spec: QuantSpec = QuantSpec(), **jit_kwargs):

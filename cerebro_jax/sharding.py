@@ -1,7 +1,9 @@
-"""A 1-D data-parallel device mesh: parameters replicated, batches split on axis 0."""
+"""A 1-D data-parallel device mesh: parameters replicated, batches split on axis 0; and
+the XLA CPU runtime's settings (devices, threads, dispatch, compile options)."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -64,6 +66,24 @@ def cpu_threads_per_device() -> int:
   else:
     threads = os.cpu_count() or 1
   return max(1, threads // jax.local_device_count())
+
+
+def known_cpu_options(options: dict) -> dict:
+  """`options` (XLA compile options) when the default backend is a CPU whose XLA knows
+  them all, else {}: a GPU or TPU, or a jaxlib that dropped an experimental option."""
+  if jax.default_backend() != 'cpu' or not _xla_knows(tuple(sorted(options.items()))):
+    return {}
+  return dict(options)
+
+
+@functools.cache
+def _xla_knows(options: tuple) -> bool:
+  """Whether this XLA compiles with `options` (the items of an options dict)."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(0.0).compile()
+  except jax.errors.JaxRuntimeError:  # 'No such compile option'
+    return False
+  return True
 
 
 def use_synchronous_cpu_dispatch() -> None:

@@ -105,7 +105,10 @@ def test_two_processes_train_the_model_of_one_process_with_four_devices(runs):
   # the gradients' sum across processes (gloo) adds in another order. That round-off is
   # all the key bias ever gets (its exact gradient is zero: softmax ignores a constant
   # added to every key), and Adam scales it to updates of up to lr per step, so the key
-  # bias may differ by 2 lr per step; every other parameter agrees to float round-off.
+  # bias may differ by 2 lr per step. Adam does the same to any gradient that cancels to
+  # about zero (g / (|g| + eps)): a rare element elsewhere (1 of 110,592 in the qkv kernel
+  # with XLA's Eigen matmuls) may differ by up to that bound; all others agree to float
+  # round-off.
   flat_one = traverse_util.flatten_dict(params_one, sep='/')
   flat_two = traverse_util.flatten_dict(params_two, sep='/')
   steps = json.loads((two / 'train_summary.json').read_text())['steps']
@@ -116,7 +119,10 @@ def test_two_processes_train_the_model_of_one_process_with_four_devices(runs):
       np.testing.assert_allclose(other[dim:2 * dim], value[dim:2 * dim], rtol=0,
                                  atol=2 * _LEARNING_RATE * steps)
       value, other = np.delete(value, np.s_[dim:2 * dim]), np.delete(other, np.s_[dim:2 * dim])
-    np.testing.assert_allclose(other, value, rtol=1e-5, atol=1e-6, err_msg=name)
+    far = ~np.isclose(other, value, rtol=1e-5, atol=1e-6)
+    assert far.mean() <= 1e-4, (name, int(far.sum()), far.size)
+    np.testing.assert_allclose(other, value, rtol=0, atol=2 * _LEARNING_RATE * steps,
+                               err_msg=name)
   summary_one = json.loads((one / 'train_summary.json').read_text())
   summary_two = json.loads((two / 'train_summary.json').read_text())
   assert summary_one['steps'] == summary_two['steps'] > 0

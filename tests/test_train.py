@@ -4,6 +4,7 @@ import dataclasses
 import os
 import pathlib
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -148,6 +149,30 @@ def test_step_splits_choice(monkeypatch):
   monkeypatch.undo()  # the real cpu_threads_per_device, which reads PJRT_NPROC
   monkeypatch.setenv('PJRT_NPROC', '6')
   assert sharding.cpu_threads_per_device() == 6 // jax.local_device_count()
+
+
+def _ynn_fusions_with_matmuls(compiled_text: str) -> tuple[int, int]:
+  """(YNNPACK fusions, those of them holding a dot) in a compiled program's HLO text."""
+  bodies = {m.group(1): m.group(2) for m in re.finditer(
+      r'^%?([\w.]+) [^\n]*\{\n(.*?)\n\}', compiled_text, re.S | re.M)}
+  called = re.findall(r'calls=%([\w.]+), [^\n]*"__ynn_fusion"', compiled_text)
+  return len(called), sum(' dot(' in bodies[name] for name in called)
+
+
+def test_cpu_steps_multiply_on_eigen_one_thread_per_part(monkeypatch):
+  monkeypatch.setattr(sharding, 'cpu_threads_per_device', lambda: 2)
+  one_thread = {**steps.CPU_OPTIONS, **steps.ONE_THREAD_MATMULS}
+  assert steps.compiler_options(1) == steps.CPU_OPTIONS  # both threads share each matmul
+  assert steps.compiler_options(2) == steps.compiler_options(4) == one_thread
+  model_config = dataclasses.replace(TINY, depth=1)
+  state, tx, _ = start_state(tiny_config(), model_config)
+  mesh = sharding.data_mesh()
+  args = (jax.device_put(state, sharding.replicated(mesh)), sharding.put_batch(batch(), mesh))
+  lowered = steps.make_train_step(model_config, tx, mesh, 2).lower(*args)
+  fusions, with_matmuls = _ynn_fusions_with_matmuls(lowered.compile().as_text())
+  assert fusions > 0 and with_matmuls == 0  # YNNPACK reduces, Eigen multiplies
+  assert _ynn_fusions_with_matmuls(jax.jit(lambda a, b: a @ b).lower(
+      jnp.ones((64, 48)), jnp.ones((48, 96))).compile().as_text())[1] == 1  # XLA's default
 
 
 def test_warmup_cosine_schedule():

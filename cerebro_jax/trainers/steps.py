@@ -13,6 +13,12 @@ independent operations side by side, so on a CPU each thread works on its own pa
 operation at a time, instead of both threads sharing every small operation: on 2 cores
 CEReBrO small's step ran 1.1-1.2x faster with 2 parts at batch 32 and 64, the main job
 1.06x (docs/benchmarks.md).
+
+On a CPU the steps compile with CPU_OPTIONS: matmuls on XLA's Eigen kernels instead of
+YNNPACK's (YNNPACK keeps the reductions, which the LayerNorms need), and, when every
+thread has a part of its own, Eigen on one thread per matmul: 1.05x faster at batch 64
+on 2 cores with 2 parts, and on one thread too (docs/benchmarks.md). They round
+differently from XLA's defaults, so a run's trajectory differs in the last digits.
 """
 
 from __future__ import annotations
@@ -33,6 +39,11 @@ TARGET_ORDER = tuple(c.removesuffix('_mmhg') for c in model_lib.OUTPUT_COLUMNS)
 
 # step_splits' automatic choice never cuts a device's batch into parts smaller than this.
 MIN_SPLIT_WINDOWS = 8
+
+# XLA options of the steps on a CPU: YNNPACK fusions for reductions only (matmuls on Eigen).
+CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE'}
+# Added when each of XLA's threads has a part of the batch: one thread per Eigen matmul.
+ONE_THREAD_MATMULS = {'xla_cpu_multi_thread_eigen': False}
 
 
 def step_splits(requested: int, global_batch: int, mesh) -> int:
@@ -59,6 +70,16 @@ def step_splits(requested: int, global_batch: int, mesh) -> int:
   return max(splits, 1)
 
 
+def compiler_options(splits: int) -> dict:
+  """XLA compile options of a step whose device batches are cut into `splits` parts:
+  CPU_OPTIONS, plus ONE_THREAD_MATMULS when the parts are at least as many as XLA's
+  threads per device; {} off a CPU or where this XLA lacks an option."""
+  options = dict(CPU_OPTIONS)
+  if splits >= sharding.cpu_threads_per_device():
+    options.update(ONE_THREAD_MATMULS)
+  return sharding.known_cpu_options(options)
+
+
 def _parts(batch: dict, splits: int, devices: int) -> list[dict]:
   """`batch` (rows sharded over `devices`) cut into `splits` parts of equal rows; part i
   holds the i-th slice of every device's rows, so no row leaves its device."""
@@ -79,9 +100,9 @@ def init_state(params, tx, seed: int) -> dict:
 def make_step(loss_of: Callable, tx, mesh, splits: int = 1):
   """Jitted (state, batch) -> (state, loss) of one optimizer step on
   loss_of(params, batch, key), key = fold_in(state rng, step) (dropout, masks); the state
-  is donated and replicated, the batch split over `mesh`. With `splits` > 1 the loss and
-  gradients are the means of loss_of's over the batch's parts (_parts), part i drawing
-  from fold_in(key, i)."""
+  is donated and replicated, the batch split over `mesh`, compiled with
+  compiler_options(splits). With `splits` > 1 the loss and gradients are the means of
+  loss_of's over the batch's parts (_parts), part i drawing from fold_in(key, i)."""
   grad_fn = jax.value_and_grad(loss_of)
 
   def value_and_grad(params, batch, key):
@@ -100,7 +121,8 @@ def make_step(loss_of: Callable, tx, mesh, splits: int = 1):
 
   replicated = sharding.replicated(mesh)
   return jax.jit(step, in_shardings=(replicated, sharding.batch_sharded(mesh)),
-                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+                 out_shardings=(replicated, replicated), donate_argnums=(0,),
+                 compiler_options=compiler_options(splits))
 
 
 def make_train_step(model_config: ModelConfig, tx, mesh, splits: int = 1):
