@@ -39,7 +39,8 @@ class Job:
 
   Attributes:
     model_config: the model trained (recorded in the best checkpoints).
-    train_step: jitted (state, global batch) -> (state, scalar loss).
+    make_step: parts of each device's batch (steps.step_splits) -> jitted
+      (state, global batch) -> (state, scalar loss).
     batches: the epoch's data seed -> iterator of this process's host batches (numpy
       dicts); the seed depends on config.seed and the epoch only.
     steps_per_epoch: steps of each epoch.
@@ -49,7 +50,7 @@ class Job:
   """
 
   model_config: ModelConfig
-  train_step: Callable
+  make_step: Callable[[int], Callable]
   batches: Callable[[int], Iterator[dict]]
   steps_per_epoch: int
   validate: Callable[[dict], float]
@@ -136,8 +137,11 @@ def fit(config, workdir: str, state: dict, job: Job, mesh,
     distributed.log(f'Resuming from {latest.directory} after epoch {meta["epoch"]}')
 
   writer = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard')) if main else None
-  distributed.log(f'{job.describe}, {job.steps_per_epoch} steps of {config.batch_size} per '
-                  f'epoch, {jax.device_count()} {jax.devices()[0].platform} device(s) in '
+  splits = steps.step_splits(config.step_splits, config.batch_size, mesh)
+  train_step = job.make_step(splits)
+  distributed.log(f'{job.describe} ({splits} part(s) a step per device), '
+                  f'{job.steps_per_epoch} steps of {config.batch_size} per epoch, '
+                  f'{jax.device_count()} {jax.devices()[0].platform} device(s) in '
                   f'{jax.process_count()} process(es)')
   while meta['epoch'] < config.num_epochs and meta['epochs_without_improvement'] < config.patience:
     epoch = meta['epoch'] + 1
@@ -146,7 +150,7 @@ def fit(config, workdir: str, state: dict, job: Job, mesh,
     bar = tqdm(range(job.steps_per_epoch), desc=f'epoch {epoch}/{config.num_epochs}',
                unit='step', disable=not main)
     for i in bar:
-      state, loss = job.train_step(state, sharding.put_batch(next(batches), mesh))
+      state, loss = train_step(state, sharding.put_batch(next(batches), mesh))
       losses.append(loss)
       if (i + 1) % config.log_every_steps == 0 or i + 1 == job.steps_per_epoch:
         recent = float(jnp.mean(jnp.stack(losses[-config.log_every_steps:])))

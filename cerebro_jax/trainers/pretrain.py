@@ -136,18 +136,16 @@ def pretrain_and_evaluate(config, workdir: str,
   evaluate = lambda p, split: held_out_losses(p, model_config, pre, data, split,
                                               config.eval_batch_size, mesh, baseline_patch,
                                               eval_seed)
-  splits = steps.step_splits(config.step_splits, config.batch_size, mesh)
   job = loop.Job(
       model_config=model_config,
-      train_step=steps.make_pretrain_step(model_config, pre, tx, mesh, splits),
+      make_step=lambda splits: steps.make_pretrain_step(model_config, pre, tx, mesh, splits),
       batches=lambda seed: data.train_batches(config.batch_size, seed, shards, num_shards,
                                               config.data.shuffle_buffer),
       steps_per_epoch=steps_per_epoch,
       validate=lambda p: evaluate(p, data.held_out[0])['model']['loss'],
       metric='loss',
       describe=f'Pre-training CEReBrO {model_config.size} (mask ratio {pre.mask_ratio}, '
-               f'{pre.loss}, alpha {pre.alpha}) on {data.describe} ({splits} part(s) a step '
-               'per device)')
+               f'{pre.loss}, alpha {pre.alpha}) on {data.describe}')
   meta, params, state = loop.fit(config, workdir, state, job, mesh, on_epoch_end)
 
   channels, samples = data.shape()

@@ -97,10 +97,9 @@ def train_and_evaluate(config, workdir: str,
   params, model_config = initial_params(config, train_means)
   tx, state = loop.start_state(config, params, steps_per_epoch, mesh)
 
-  splits = steps.step_splits(config.step_splits, config.batch_size, mesh)
-  train_step = steps.make_train_step(model_config, tx, mesh, splits)
   job = loop.Job(
-      model_config=model_config, train_step=train_step,
+      model_config=model_config,
+      make_step=lambda splits: steps.make_train_step(model_config, tx, mesh, splits),
       batches=lambda seed: pipeline.train_batches(
           builder, config.batch_size, seed, shards, num_shards,
           shuffle_buffer=config.data.shuffle_buffer, cache=config.data.cache),
@@ -109,7 +108,7 @@ def train_and_evaluate(config, workdir: str,
           p, model_config, builder, 'validation', config.eval_batch_size, mesh)),
       metric='mse',
       describe=f'Training CEReBrO {model_config.size} ({config.train_mode}) on {train_size} '
-               f'windows ({splits} part(s) a step per device)')
+               'windows')
   meta, params, state = loop.fit(config, workdir, state, job, mesh, on_epoch_end)
   checkpoints.save_model(os.path.join(workdir, 'model'), params, model_config,
                          {'best_epoch': meta['best_epoch'], 'val_mse': meta['best_val_mse'],
