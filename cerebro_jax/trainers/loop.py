@@ -123,6 +123,8 @@ def fit(config, workdir: str, state: dict, job: Job, mesh,
   'best_epoch' and 'epochs_without_improvement'.
   """
   main = distributed.is_main()
+  splits = steps.step_splits(config.step_splits, config.batch_size, mesh)
+  train_step = job.make_step(splits)
   best_key, val_key = f'best_val_{job.metric}', f'val_{job.metric}'
   meta = {'epoch': 0, best_key: None, 'best_epoch': None, 'epochs_without_improvement': 0}
   latest, best = _managers(workdir)
@@ -137,8 +139,6 @@ def fit(config, workdir: str, state: dict, job: Job, mesh,
     distributed.log(f'Resuming from {latest.directory} after epoch {meta["epoch"]}')
 
   writer = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard')) if main else None
-  splits = steps.step_splits(config.step_splits, config.batch_size, mesh)
-  train_step = job.make_step(splits)
   distributed.log(f'{job.describe} ({splits} part(s) a step per device), '
                   f'{job.steps_per_epoch} steps of {config.batch_size} per epoch, '
                   f'{jax.device_count()} {jax.devices()[0].platform} device(s) in '
