@@ -137,6 +137,36 @@ def test_drop_path_is_random_in_training_only():
   assert np.abs(train(1) - evaluation).max() > 0
 
 
+def test_drop_path_draws_each_sample_branch_and_block_independently():
+  keep = np.asarray(model_lib.drop_path_keep(jax.random.PRNGKey(0), 0.25, 8, 512))
+  assert keep.shape == (8, 2, 512) and keep.dtype == bool
+  assert abs(keep.mean() - 0.75) < 0.03  # 8,192 draws; the standard error is 0.005
+  rows = keep.reshape(16, 512)
+  assert len({row.tobytes() for row in rows}) == 16  # no two branches share their draws
+
+
+def test_a_dropped_branch_adds_nothing_and_a_kept_one_is_rescaled():
+  config = ModelConfig(depth=1, drop_path_rate=0.5)
+  block = model_lib.Block(config, 0, 'time')
+  x = jnp.asarray(np.random.default_rng(6).standard_normal((3, 2, 19, 192)), jnp.float32)
+  mask = jnp.ones((3, 2), bool)
+  params = block.init(jax.random.PRNGKey(0), x, mask, None)
+  apply = lambda keep: np.asarray(block.apply(params, x, mask, keep))
+  # Sample 0 drops both branches, sample 1 keeps both, sample 2 only the attention.
+  keep = jnp.array([[False, True, True], [False, True, False]])
+  out = apply(keep)
+  np.testing.assert_array_equal(out[0], x[0])
+  assert np.abs(out[1] - x[1]).max() > 0.1
+  # Keeping the attention only: x + 2 attn(x) (rate 0.5), the MLP left out.
+  doubled = jax.tree.map(lambda p: p, params)
+  doubled['params']['attn']['proj'] = jax.tree.map(lambda p: 2 * p,
+                                                   params['params']['attn']['proj'])
+  no_mlp = jax.tree.map(jnp.zeros_like, params['params']['mlp'])
+  doubled['params']['mlp'] = no_mlp
+  np.testing.assert_allclose(out[2], np.asarray(block.apply(doubled, x, mask, None))[2],
+                             rtol=1e-5, atol=1e-5)
+
+
 def test_initialisation_follows_the_original():
   config = ModelConfig(depth=4)
   params = model_lib.init_params(config, jax.random.PRNGKey(0))
