@@ -421,17 +421,32 @@ def matmul_peak_flops(dtype) -> float:
   return 2 * n**3 / median_seconds(matmul, a, repeats=_REPEATS.value)
 
 
-def _step_cost(step, state, batch, mesh) -> tuple[float, float, float]:
+def _step_cost(step, state, batch, mesh, built_by) -> tuple[float, float, float]:
   """(FLOPs, bytes accessed, scratch bytes) of one step over the whole mesh. FLOPs: XLA's
   cost analysis of the step as lowered, the whole batch's program before XLA's passes
   (the compiled step's count leaves out the matmuls a GPU hands to cuBLAS: 0.14 against
-  0.84 GFLOP per window for small on an H200). Bytes and scratch: the compiled step's
-  analyses, of one device's share."""
+  0.84 GFLOP per window for small on an H200). Where this backend has no analysis of a
+  lowered step (jax 0.11's GPU plugin), the same step lowered for the CPU in a fresh
+  process: built_by = (make_step, size, dtype, batch size, splits) rebuilds it. Bytes and
+  scratch: the compiled step's analyses, of one device's share."""
   lowered = step.lower(state, batch)
   compiled = lowered.compile()
-  return (lowered.cost_analysis()['flops'],
-          compiled.cost_analysis()['bytes accessed'] * mesh.size,
+  flops = (lowered.cost_analysis() or {}).get('flops')
+  if flops is None:
+    make_step, *args = built_by
+    flops = in_fresh_process(_cpu_lowered_flops, sys.argv, make_step.__name__, *args)
+  return (flops, compiled.cost_analysis()['bytes accessed'] * mesh.size,
           compiled.memory_analysis().temp_size_in_bytes * mesh.size)
+
+
+def _cpu_lowered_flops(argv, make_step_name, size, dtype, batch_size, splits) -> float:
+  """Run in a fresh process: XLA's FLOPs of the step that `make_step_name` builds, lowered
+  for one CPU device (the whole batch's program)."""
+  jax.config.update('jax_platforms', 'cpu')
+  flags.FLAGS(argv)  # the step builders read --channels
+  make_step = globals()[make_step_name]
+  step, state, batch = make_step(size, dtype, sharding.data_mesh(), batch_size, splits)
+  return step.lower(state, batch).cost_analysis()['flops']
 
 
 def _train_step(size: str, dtype: str, mesh, batch_size: int, splits: int = 1):
@@ -474,7 +489,8 @@ def _bench_steps(make_step, compare_torch: bool):
   rows = []
   for size in _SIZES.value:
     step, state, batch = make_step(size, _DTYPE.value, mesh, _BATCH.value, splits)
-    flops, _, scratch = _step_cost(step, state, batch, mesh)
+    flops, _, scratch = _step_cost(step, state, batch, mesh,
+                                   (make_step, size, _DTYPE.value, _BATCH.value, splits))
     state, _ = step(state, batch)  # compile
     jax.block_until_ready(state)
     times = []
@@ -525,7 +541,8 @@ def bench_roofline():
   for size in _SIZES.value:
     for dtype in ('float32', 'bfloat16'):
       step, state, batch = _train_step(size, dtype, mesh, _BATCH.value)
-      flops, moved, _ = _step_cost(step, state, batch, mesh)
+      flops, moved, _ = _step_cost(step, state, batch, mesh,
+                                   (_train_step, size, dtype, _BATCH.value, 1))
       row = {'size': size, 'dtype': dtype, 'gflop_per_window': flops / _BATCH.value / 1e9,
              'mb_per_window': moved / _BATCH.value / 1e6, 'flop_per_byte': flops / moved}
       for name, chip in ACCELERATORS.items():
