@@ -38,7 +38,8 @@
          bytes accessed per window at --batch from XLA's cost analysis, their ratio, and
          the step time and bound (compute or memory) a roofline gives on an H100 and a
          TPU v5e from their published peaks. Compiles only; runs anywhere.
-  --compare_torch (model, train) times the PyTorch reference model in the same run
+  --compare_torch (model, train) times the PyTorch reference model in the same run, in
+         turns with JAX (a few calls of each in every round, medians_in_turns)
          (float32; train: forward with the original's drop path 0.2, MSE, backward,
          AdamW) and prints JAX's speed-up; model: also PyTorch's batch-1 latency with one
          thread in the one-thread process, and JAX's one-thread speed-up against the
@@ -157,6 +158,24 @@ def median_seconds(fn, *args, repeats):
   return warm_result_and_seconds(fn, *args, repeats=repeats)[1]
 
 
+def medians_in_turns(calls: dict, repeats: int, block: int) -> dict:
+  """{name: median wall time} of each zero-argument call in `calls` (JAX's and PyTorch's),
+  timed in turns: rounds of one untimed call of each (the first compiles; later ones
+  warm the caches the other framework used) and `block` timed ones, until every call has
+  `repeats` timed calls. Both then meet the same machine: this VM's speed drifts by
+  several per cent within a minute, which moved the ratio when JAX was timed first and
+  PyTorch after."""
+  times = {name: [] for name in calls}
+  while len(next(iter(times.values()))) < repeats:
+    for name, call in calls.items():
+      jax.block_until_ready(call())
+      for _ in range(min(block, repeats - len(times[name]))):
+        start = time.perf_counter()
+        jax.block_until_ready(call())
+        times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
 class AttentionLayer(nn.Module):
   """The attention half of one block: LayerNorm, regrouping, attention, proj."""
   config: ModelConfig
@@ -198,20 +217,25 @@ def bench_model():
       forward = forward_lib.jit(config)
       one = rng.random((1, _CHANNELS.value, SAMPLES), dtype=np.float32)
       many = rng.random((_BATCH.value, _CHANNELS.value, SAMPLES), dtype=np.float32)
-      latency = median_seconds(forward, params, one, repeats=timed_calls(1))
-      per_batch = median_seconds(forward_lib.predict_fn(config, mesh),
-                                 jax.device_put(params, sharding.replicated(mesh)),
-                                 sharding.put_batch({'x': many}, mesh)['x'],
-                                 repeats=_REPEATS.value)
+      predict = forward_lib.predict_fn(config, mesh)
+      replicated = jax.device_put(params, sharding.replicated(mesh))
+      many_on_mesh = sharding.put_batch({'x': many}, mesh)['x']
+      ones = {'jax': lambda: forward(params, one)}
+      batches = {'jax': lambda: predict(replicated, many_on_mesh)}
+      if _COMPARE_TORCH.value:
+        torch, module, _ = _require_torch_reference(config)
+        run = _torch_inference(torch, module)
+        ones['torch'] = lambda: run(torch.from_numpy(one))
+        batches['torch'] = lambda: run(torch.from_numpy(many))
+      latencies = medians_in_turns(ones, timed_calls(1), block=10)
+      per_batches = medians_in_turns(batches, _REPEATS.value, block=3)
+      latency, per_batch = latencies['jax'], per_batches['jax']
       scratch, weights = attention_memory(config, _BATCH.value, _CHANNELS.value)
       row = {'size': size, 'attention': attention_type, 'latency_b1_ms': latency * 1e3,
              f'throughput_b{_BATCH.value}_windows_per_s': _BATCH.value / per_batch,
              'attn_layer_xla_scratch_mib': scratch, 'attn_weights_mib': weights}
       if _COMPARE_TORCH.value:
-        torch, module, _ = _require_torch_reference(config)
-        run = _torch_inference(torch, module)
-        torch_latency = median_seconds(run, torch.from_numpy(one), repeats=timed_calls(1))
-        torch_batch = median_seconds(run, torch.from_numpy(many), repeats=_REPEATS.value)
+        torch_latency, torch_batch = latencies['torch'], per_batches['torch']
         row.update({'torch_latency_b1_ms': torch_latency * 1e3,
                     f'torch_throughput_b{_BATCH.value}': _BATCH.value / torch_batch,
                     'latency_speedup_vs_torch': torch_latency / latency,
@@ -247,14 +271,15 @@ def _one_thread_latency(models, dtype, channels, repeats, compare_torch) -> list
   for size, attention_type in models:
     config = ModelConfig.from_size(size, attention_type=attention_type, dtype=dtype)
     params = model_lib.init_params(config, jax.random.PRNGKey(0), channels=channels)
-    jax_seconds = median_seconds(forward_lib.jit(config), params, one, repeats=repeats)
-    torch_seconds = None
+    forward = forward_lib.jit(config)
+    calls = {'jax': lambda: forward(params, one)}
     if compare_torch:
       torch, module, _ = _require_torch_reference(config)
       torch.set_num_threads(1)
-      torch_seconds = median_seconds(_torch_inference(torch, module), torch.from_numpy(one),
-                                     repeats=repeats)
-    latencies.append((jax_seconds, torch_seconds))
+      run = _torch_inference(torch, module)
+      calls['torch'] = lambda: run(torch.from_numpy(one))
+    medians = medians_in_turns(calls, repeats, block=10)
+    latencies.append((medians['jax'], medians.get('torch')))
   return latencies
 
 
@@ -276,24 +301,23 @@ def _torch_inference(torch, module):
   return forward
 
 
-def _torch_train_seconds(torch, module, batch: dict) -> float:
-  """Median seconds of one PyTorch training step of the reference model: forward with the
-  blocks' drop path at the JAX step's rate, MSE on [DBP, SBP], backward, AdamW (the
-  original's optimizer) at the same batch."""
+def _torch_train_step(torch, module, batch: dict):
+  """A zero-argument call of one PyTorch training step of the reference model on `batch`:
+  forward with the blocks' drop path at the JAX step's rate, MSE on [DBP, SBP], backward,
+  AdamW (the original's optimizer); it returns the loss."""
   module.train()
   optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, weight_decay=0.05)
   device = next(module.parameters()).device  # the batch is on the device, as JAX's is
   signals = torch.from_numpy(np.array(batch['signals'])).to(device)
   targets = torch.from_numpy(np.stack([batch['dbp'], batch['sbp']], -1)).to(device)
 
-  def step(x):
+  def step():
     optimizer.zero_grad()
-    loss = torch.nn.functional.mse_loss(module(x), targets)
+    loss = torch.nn.functional.mse_loss(module(signals), targets)
     loss.backward()
     optimizer.step()
     return loss.detach().cpu().numpy()
-
-  return median_seconds(step, signals, repeats=_REPEATS.value)
+  return step
 
 
 def in_fresh_process(fn, *args):
@@ -491,23 +515,24 @@ def _bench_steps(make_step, compare_torch: bool):
     step, state, batch = make_step(size, _DTYPE.value, mesh, _BATCH.value, splits)
     flops, _, scratch = _step_cost(step, state, batch, mesh,
                                    (make_step, size, _DTYPE.value, _BATCH.value, splits))
-    state, _ = step(state, batch)  # compile
-    jax.block_until_ready(state)
-    times = []
-    for _ in range(_REPEATS.value):
-      start = time.perf_counter()
-      state, loss = step(state, batch)
-      jax.block_until_ready(loss)
-      times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    carry = {'state': state}
+
+    def jax_step():
+      carry['state'], loss = step(carry['state'], batch)  # the state is donated
+      return loss
+    calls = {'jax': jax_step}
+    if compare_torch:
+      torch, module, _ = _require_torch_reference(ModelConfig.from_size(size))
+      calls['torch'] = _torch_train_step(torch, module, jax.device_get(batch))
+    medians = medians_in_turns(calls, _REPEATS.value, block=3)
+    seconds = medians['jax']
     row = {'size': size, 'step_splits': splits, 'step_ms': seconds * 1e3,
            'windows_per_s': _BATCH.value / seconds,
            'step_gflop': flops / 1e9, 'achieved_gflops': flops / seconds / 1e9,
            'peak_matmul_gflops': peak / 1e9, 'mfu_pct': 100 * flops / seconds / peak,
            'xla_scratch_mib': scratch / 2**20}
     if compare_torch:
-      torch, module, _ = _require_torch_reference(ModelConfig.from_size(size))
-      torch_seconds = _torch_train_seconds(torch, module, jax.device_get(batch))
+      torch_seconds = medians['torch']
       row.update({'torch_windows_per_s': _BATCH.value / torch_seconds,
                   'speedup_vs_torch': torch_seconds / seconds})
     rows.append(row)

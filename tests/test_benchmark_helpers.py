@@ -1,8 +1,9 @@
-"""scripts/benchmark.py's FLOPs of a train step where the backend cannot analyse a lowered
-step (jax 0.11's GPU plugin returns None): the same step lowered for the CPU in a fresh
-process gives the count."""
+"""scripts/benchmark.py's helpers: JAX and PyTorch timed in turns; the FLOPs of a train
+step where the backend cannot analyse a lowered step (jax 0.11's GPU plugin returns
+None), which the same step lowered for the CPU in a fresh process then gives."""
 
 import sys
+import time
 
 import pytest
 
@@ -38,3 +39,19 @@ def test_step_flops_come_from_a_cpu_lowering_where_the_backend_has_none(monkeypa
                                                built_by)
   assert flops == pytest.approx(direct, rel=1e-9) and flops > 8 * 0.8e9  # 0.84 GFLOP/window
   assert moved > 0 and scratch > 0
+
+
+def test_calls_are_timed_in_turns_after_an_untimed_call_each_round():
+  order = []
+
+  def call(name, seconds):
+    def run():
+      order.append(name)
+      time.sleep(seconds)
+    return run
+
+  medians = benchmark.medians_in_turns({'a': call('a', 0.002), 'b': call('b', 0.02)},
+                                       repeats=5, block=3)
+  # Round 1: one untimed and 3 timed calls of each; round 2: one untimed and the last 2.
+  assert ''.join(order) == 'aaaa' + 'bbbb' + 'aaa' + 'bbb'
+  assert 0.002 <= medians['a'] < 0.015 <= 0.02 <= medians['b']
