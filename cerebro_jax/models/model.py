@@ -75,9 +75,9 @@ class Attention(nn.Module):
   The projections compute in `dtype`; the core between them (q k^T, softmax, weights v)
   in float32 whatever `dtype` is. In bfloat16 on an NVIDIA H200 (jax 0.11.2) XLA sent
   the core's batched matmuls with CEReBrO small's 16-wide heads to cuBLAS kernels that
-  took 2-3x the whole float32 step's time; in float32 the small train step ran 1.97x
-  (batch 256) and 2.86x (batch 4096) faster, base and large 5 % slower (64-wide heads;
-  docs/benchmarks.md). A float32 model is unchanged.
+  took 4.4 of the train step's 7.6 ms of kernels at batch 256; with a float32 core the
+  small step ran 1.97x (batch 256) and 2.86x (batch 4096) faster, base and large (48-
+  and 64-wide heads) 5 % slower (docs/benchmarks.md). A float32 model is unchanged.
   """
 
   num_heads: int
