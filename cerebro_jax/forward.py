@@ -4,9 +4,13 @@ XLA options that make it faster on CPUs.
 On jaxlib 0.10's CPU backend, XLA's YNNPACK fusions (its default for matmuls) run
 CEReBrO's float forward pass slower than XLA's other kernels: turning them off made
 batch-1 latency 1.35x and batch 256 1.28x faster here, and weight-only INT8 (float
-matmuls on dequantized weights) 1.32x and 1.22x (docs/benchmarks.md). The integer
-INT8 paths gained nothing and keep XLA's defaults. For inference the options move outputs
-by about 3e-8 mmHg. Training steps have their own (trainers/steps.py).
+matmuls on dequantized weights) 1.32x and 1.22x (docs/benchmarks.md). 512-bit vectors
+(LLVM's preference is 256 bits) and, where a device has one XLA thread (serving a window
+at a time with --cpu_threads=1, or one device per core), Eigen's matmuls on the calling
+thread made batch-1 latency on one thread 1.06x faster again (2.63 against 2.78 ms,
+alternated in one process; batch 256 on two devices 1.04x). The integer INT8 paths
+gained nothing and keep XLA's defaults. For inference the options move outputs by about
+3e-8 mmHg. Training steps have their own (trainers/steps.py).
 """
 
 from __future__ import annotations
@@ -20,17 +24,22 @@ from cerebro_jax.models.model_config import ModelConfig
 from cerebro_jax.quant import quantization
 from cerebro_jax.quant.quantization import QuantSpec
 
-CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}  # YNNPACK fusions off
+CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': '',  # YNNPACK fusions off
+               'xla_cpu_prefer_vector_width': 512}  # AVX-512 where the CPU has it
 FLOAT_MATMUL_MODES = ('float32', 'int8_weights')  # the modes CPU_OPTIONS speed up
 
 
 def compiler_options(spec: QuantSpec = QuantSpec()) -> dict:
-  """CPU_OPTIONS for the float-matmul modes when the default backend is a CPU whose XLA
-  knows them; {} otherwise (integer INT8 paths, a GPU or TPU, or another jaxlib where the
-  experimental option is gone)."""
+  """CPU_OPTIONS, plus sharding.ONE_THREAD_MATMULS where each device has one XLA thread,
+  for the float-matmul modes when the default backend is a CPU whose XLA knows them; {}
+  otherwise (integer INT8 paths, a GPU or TPU, or another jaxlib where an experimental
+  option is gone)."""
   if spec.mode not in FLOAT_MATMUL_MODES:
     return {}
-  return sharding.known_cpu_options(CPU_OPTIONS)
+  options = dict(CPU_OPTIONS)
+  if sharding.cpu_threads_per_device() == 1:
+    options.update(sharding.ONE_THREAD_MATMULS)
+  return sharding.known_cpu_options(options)
 
 
 def jit(config: ModelConfig, spec: QuantSpec = QuantSpec(), **jit_kwargs):

@@ -14,6 +14,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 DATA_AXIS = 'data'
 
+# XLA CPU compile option for programs whose every thread works alone (a pool of one thread
+# per device, or a train step cut into a part per thread): Eigen's matmuls on the calling
+# thread instead of going through the pool.
+ONE_THREAD_MATMULS = {'xla_cpu_multi_thread_eigen': False}
+
 
 class BatchSplitError(ValueError):
   """A batch size that does not split evenly over the devices."""

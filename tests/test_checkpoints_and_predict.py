@@ -95,15 +95,20 @@ def test_batched_prediction_equals_one_pass(saved_model):
 
 
 def test_forward_options_only_where_they_apply(saved_model, monkeypatch):
-  """The float forward pass compiles with YNNPACK fusions off on this CPU (its outputs are
-  the model's), the integer INT8 path with XLA's defaults; an XLA that does not know the
-  option gets none instead of failing to compile."""
+  """The float forward pass compiles with YNNPACK fusions off and 512-bit vectors on this
+  CPU, Eigen on one thread where a device has one thread (its outputs are the model's),
+  the integer INT8 path with XLA's defaults; an XLA that does not know an option gets
+  none instead of failing to compile."""
   _, params, config = saved_model
+  monkeypatch.setattr(sharding, 'cpu_threads_per_device', lambda: 2)
   assert forward.compiler_options() == forward.CPU_OPTIONS
   assert forward.compiler_options(quantization.QuantSpec('int8_weights')) == forward.CPU_OPTIONS
   assert forward.compiler_options(quantization.QuantSpec('int8_dynamic')) == {}
   x = np.random.default_rng(2).random((3, 2, 1250), dtype=np.float32)
   expected = jitted_apply(model_lib.CerebroBP(config), params, x)
+  np.testing.assert_allclose(forward.jit(config)(params, x), expected, rtol=1e-6, atol=1e-5)
+  monkeypatch.setattr(sharding, 'cpu_threads_per_device', lambda: 1)
+  assert forward.compiler_options() == {**forward.CPU_OPTIONS, **sharding.ONE_THREAD_MATMULS}
   np.testing.assert_allclose(forward.jit(config)(params, x), expected, rtol=1e-6, atol=1e-5)
   monkeypatch.setattr(forward, 'CPU_OPTIONS', {'xla_cpu_no_such_option': ''})
   assert forward.compiler_options() == {}

@@ -182,7 +182,7 @@ def _ynn_fusions_with_matmuls(compiled_text: str) -> tuple[int, int]:
 
 def test_cpu_steps_multiply_on_eigen_one_thread_per_part(monkeypatch):
   monkeypatch.setattr(sharding, 'cpu_threads_per_device', lambda: 2)
-  one_thread = {**steps.CPU_OPTIONS, **steps.ONE_THREAD_MATMULS}
+  one_thread = {**steps.CPU_OPTIONS, **sharding.ONE_THREAD_MATMULS}
   assert steps.compiler_options(1) == steps.CPU_OPTIONS  # both threads share each matmul
   assert steps.compiler_options(2) == steps.compiler_options(4) == one_thread
   model_config = dataclasses.replace(TINY, depth=1)

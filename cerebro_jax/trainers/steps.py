@@ -42,8 +42,6 @@ MIN_SPLIT_WINDOWS = 8
 
 # XLA options of the steps on a CPU: YNNPACK fusions for reductions only (matmuls on Eigen).
 CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE'}
-# Added when each of XLA's threads has a part of the batch: one thread per Eigen matmul.
-ONE_THREAD_MATMULS = {'xla_cpu_multi_thread_eigen': False}
 
 
 def step_splits(requested: int, global_batch: int, mesh) -> int:
@@ -72,11 +70,11 @@ def step_splits(requested: int, global_batch: int, mesh) -> int:
 
 def compiler_options(splits: int) -> dict:
   """XLA compile options of a step whose device batches are cut into `splits` parts:
-  CPU_OPTIONS, plus ONE_THREAD_MATMULS when the parts are at least as many as XLA's
-  threads per device; {} off a CPU or where this XLA lacks an option."""
+  CPU_OPTIONS, plus sharding.ONE_THREAD_MATMULS when the parts are at least as many as
+  XLA's threads per device; {} off a CPU or where this XLA lacks an option."""
   options = dict(CPU_OPTIONS)
   if splits >= sharding.cpu_threads_per_device():
-    options.update(ONE_THREAD_MATMULS)
+    options.update(sharding.ONE_THREAD_MATMULS)
   return sharding.known_cpu_options(options)
 
 
