@@ -25,7 +25,7 @@ from cerebro_jax.quant import quantization
 from cerebro_jax.quant.quantization import QuantSpec
 
 CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': '',  # YNNPACK fusions off
-               'xla_cpu_prefer_vector_width': 512}  # AVX-512 where the CPU has it
+               **sharding.WIDE_VECTORS}
 FLOAT_MATMUL_MODES = ('float32', 'int8_weights')  # the modes CPU_OPTIONS speed up
 
 

@@ -18,6 +18,8 @@ DATA_AXIS = 'data'
 # per device, or a train step cut into a part per thread): Eigen's matmuls on the calling
 # thread instead of going through the pool.
 ONE_THREAD_MATMULS = {'xla_cpu_multi_thread_eigen': False}
+# XLA CPU compile option: 512-bit vectors where the CPU has AVX-512 (LLVM prefers 256).
+WIDE_VECTORS = {'xla_cpu_prefer_vector_width': 512}
 
 
 class BatchSplitError(ValueError):

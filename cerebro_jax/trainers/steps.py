@@ -17,8 +17,9 @@ CEReBrO small's step ran 1.1-1.2x faster with 2 parts at batch 32 and 64, the ma
 On a CPU the steps compile with CPU_OPTIONS: matmuls on XLA's Eigen kernels instead of
 YNNPACK's (YNNPACK keeps the reductions, which the LayerNorms need), and, when every
 thread has a part of its own, Eigen on one thread per matmul: 1.05x faster at batch 64
-on 2 cores with 2 parts, and on one thread too (docs/benchmarks.md). They round
-differently from XLA's defaults, so a run's trajectory differs in the last digits.
+on 2 cores with 2 parts, and on one thread too; 512-bit vectors, 1.04x on one thread
+and 0.6-3.8 % on two (docs/benchmarks.md). They round differently from XLA's defaults,
+so a run's trajectory differs in the last digits.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ TARGET_ORDER = tuple(c.removesuffix('_mmhg') for c in model_lib.OUTPUT_COLUMNS)
 # step_splits' automatic choice never cuts a device's batch into parts smaller than this.
 MIN_SPLIT_WINDOWS = 8
 
-# XLA options of the steps on a CPU: YNNPACK fusions for reductions only (matmuls on Eigen).
-CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE'}
+# XLA options of the steps on a CPU: YNNPACK fusions for reductions only (matmuls on
+# Eigen), 512-bit vectors.
+CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE',
+               **sharding.WIDE_VECTORS}
 
 
 def step_splits(requested: int, global_batch: int, mesh) -> int:
