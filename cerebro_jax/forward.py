@@ -36,10 +36,7 @@ def compiler_options(spec: QuantSpec = QuantSpec()) -> dict:
   option is gone)."""
   if spec.mode not in FLOAT_MATMUL_MODES:
     return {}
-  options = dict(CPU_OPTIONS)
-  if sharding.cpu_threads_per_device() == 1:
-    options.update(sharding.ONE_THREAD_MATMULS)
-  return sharding.known_cpu_options(options)
+  return sharding.cpu_compile_options(CPU_OPTIONS)
 
 
 def jit(config: ModelConfig, spec: QuantSpec = QuantSpec(), **jit_kwargs):

@@ -75,7 +75,18 @@ def cpu_threads_per_device() -> int:
   return max(1, threads // jax.local_device_count())
 
 
-def known_cpu_options(options: dict) -> dict:
+def cpu_compile_options(options: dict, parts_per_device: int = 1) -> dict:
+  """XLA compile options of a program whose device batches are cut into
+  `parts_per_device` independent parts: `options`, plus ONE_THREAD_MATMULS when every
+  one of XLA's threads per device has a part of its own (parts >= threads; a forward
+  pass, one part, where a device has one thread), through _known_cpu_options."""
+  options = dict(options)
+  if parts_per_device >= cpu_threads_per_device():
+    options.update(ONE_THREAD_MATMULS)
+  return _known_cpu_options(options)
+
+
+def _known_cpu_options(options: dict) -> dict:
   """`options` (XLA compile options) when the default backend is a CPU whose XLA knows
   them all, else {}: a GPU or TPU, or a jaxlib that dropped an experimental option."""
   if jax.default_backend() != 'cpu' or not _xla_knows(tuple(sorted(options.items()))):

@@ -77,40 +77,28 @@ def test_first_step_equals_an_independent_computation():
   got = jax.device_get(new_state['params'])
   # The key bias (qkv bias [D:2D]) has a zero gradient in exact arithmetic (softmax
   # ignores a constant added to every key); Adam's first step turns its round-off into
-  # +-lr, so only the rest of qkv bias is compared exactly.
-  dim = TINY.embed_dim
-  for i in range(TINY.depth):
-    key_grad = grads['encoder'][f'blocks_{i}']['attn']['qkv']['bias'][dim:2 * dim]
-    query_grad = grads['encoder'][f'blocks_{i}']['attn']['qkv']['bias'][:dim]
-    assert np.abs(key_grad).max() < 1e-4 * np.abs(query_grad).max()
-    for tree in (got, expected):
-      bias = tree['encoder'][f'blocks_{i}']['attn']['qkv']['bias']
-      tree['encoder'][f'blocks_{i}']['attn']['qkv']['bias'] = np.delete(
-          np.asarray(bias), np.s_[dim:2 * dim])
-  # Elsewhere too, a non-zero gradient under 100 eps (a few entries in 10,000, where a
-  # branch's gradients cancel) is round-off that Adam's g / (|g| + eps) turns into a
-  # different step: it is only held to lr. Every other entry is compared exactly (the
-  # tables' unused rows, gradient 0, must not move).
-  lr = config.learning_rate
+  # +-lr, so only the rest of qkv bias is compared exactly. Elsewhere too, a non-zero
+  # gradient under 100 eps (a few entries in 10,000, where a branch's gradients cancel)
+  # is round-off that Adam's g / (|g| + eps) turns into a different step: it is only held
+  # to lr. Every other entry is compared exactly (the tables' unused rows, gradient 0,
+  # must not move).
+  dim, lr = TINY.embed_dim, config.learning_rate
+  flat = lambda tree: {name: np.asarray(value) for name, value in
+                       traverse_util.flatten_dict(tree, sep='/').items()}
+  got, expected, start = flat(got), flat(expected), flat(params0)
   tiny_count = 0
-  for path, g in jax.tree_util.tree_leaves_with_path(grads):
-    want, have = np.asarray(_at(expected, path)), np.asarray(_at(got, path))
-    g, start = np.asarray(g), np.asarray(_at(params0, path))
-    if g.shape != want.shape:  # the qkv bias, its key part removed above
-      g, start = (np.delete(a, np.s_[dim:2 * dim]) for a in (g, start))
+  for name, g in flat(grads).items():
+    arrays = (got[name], expected[name], start[name], g)
+    if name.endswith('attn/qkv/bias'):
+      assert np.abs(g[dim:2 * dim]).max() < 1e-4 * np.abs(g[:dim]).max()
+      arrays = tuple(np.delete(a, np.s_[dim:2 * dim]) for a in arrays)
+    have, want, before, g = arrays
     tiny = (np.abs(g) < 1e-6) & (g != 0)
     tiny_count += tiny.sum()
-    np.testing.assert_allclose(have[~tiny], want[~tiny], rtol=1e-5, atol=1e-7,
-                               err_msg=jax.tree_util.keystr(path))
-    assert np.all(np.abs(have[tiny] - start[tiny]) <= lr * (1 + 1e-5))
+    np.testing.assert_allclose(have[~tiny], want[~tiny], rtol=1e-5, atol=1e-7, err_msg=name)
+    assert np.all(np.abs(have[tiny] - before[tiny]) <= lr * (1 + 1e-5))
   assert tiny_count < 1e-3 * sum(g.size for g in jax.tree.leaves(grads))
   assert int(new_state['step']) == 1
-
-
-def _at(tree, path):
-  for key in path:
-    tree = tree[key.key]
-  return tree
 
 
 def test_gradient_accumulation_averages_micro_batches():

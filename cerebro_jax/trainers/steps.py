@@ -75,10 +75,7 @@ def compiler_options(splits: int) -> dict:
   """XLA compile options of a step whose device batches are cut into `splits` parts:
   CPU_OPTIONS, plus sharding.ONE_THREAD_MATMULS when the parts are at least as many as
   XLA's threads per device; {} off a CPU or where this XLA lacks an option."""
-  options = dict(CPU_OPTIONS)
-  if splits >= sharding.cpu_threads_per_device():
-    options.update(sharding.ONE_THREAD_MATMULS)
-  return sharding.known_cpu_options(options)
+  return sharding.cpu_compile_options(CPU_OPTIONS, splits)
 
 
 def _parts(batch: dict, splits: int, devices: int) -> list[dict]:
