@@ -18,7 +18,8 @@ On a CPU the steps compile with CPU_OPTIONS: matmuls on XLA's Eigen kernels inst
 YNNPACK's (YNNPACK keeps the reductions, which the LayerNorms need), and, when every
 thread has a part of its own, Eigen on one thread per matmul: 1.05x faster at batch 64
 on 2 cores with 2 parts, and on one thread too; 512-bit vectors, 1.04x on one thread
-and 0.6-3.8 % on two (docs/benchmarks.md). They round differently from XLA's defaults,
+and 0.6-3.8 % on two; copy insertion with region analysis, 1.04x on two
+(docs/benchmarks.md). They round differently from XLA's defaults,
 so a run's trajectory differs in the last digits.
 """
 
@@ -42,8 +43,10 @@ TARGET_ORDER = tuple(c.removesuffix('_mmhg') for c in model_lib.OUTPUT_COLUMNS)
 MIN_SPLIT_WINDOWS = 8
 
 # XLA options of the steps on a CPU: YNNPACK fusions for reductions only (matmuls on
-# Eigen), 512-bit vectors.
+# Eigen), 512-bit vectors, copy insertion with region analysis (56 of the 88 copies of
+# CEReBrO small's step in 2 parts are left out).
 CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE',
+               'xla_cpu_copy_insertion_use_region_analysis': True,
                **sharding.WIDE_VECTORS}
 
 
