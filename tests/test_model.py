@@ -1,5 +1,7 @@
 """The Flax CEReBrO model: sizes, padding, attention types, dtype, drop path, init."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,8 @@ import numpy as np
 import pytest
 import scipy.special
 
-from cerebro_jax.models import gelu, model as model_lib
+from cerebro_jax import sharding
+from cerebro_jax.models import gelu, row_matmul, model as model_lib
 from cerebro_jax.models.model_config import ConfigError, ModelConfig
 from conftest import jitted_apply
 
@@ -232,18 +235,21 @@ def test_gelu_is_the_exact_gelu_with_its_exact_gradient():
 
 def test_dense_layers_multiply_rows_with_the_grid_products_and_gradients():
   """The Dense layers flatten the token grid into rows (for a faster kernel gradient):
-  outputs and gradients are those of the product over the last axis, and interceptors
-  (the INT8 paths, calibration) still see each layer once, with its (B, C, P, D) input."""
+  outputs and gradients are those of the product over the last axis, for widening and
+  narrowing kernels, and interceptors (the INT8 paths, calibration) still see each layer
+  once, with its (B, C, P, D) input."""
   rng = np.random.default_rng(0)
   x = rng.normal(size=(3, 2, 5, 8)).astype(np.float32)
-  kernel = rng.normal(size=(8, 6)).astype(np.float32)
   numbers = (((3,), (0,)), ((), ()))
   grid = lambda a, w: jax.lax.dot_general(a, w, numbers)
-  rows = lambda a, w: model_lib._rows_dot(a, w, numbers)  # pylint: disable=protected-access
-  np.testing.assert_allclose(rows(x, kernel), grid(x, kernel), rtol=1e-6, atol=1e-6)
-  cotangent = rng.normal(size=(3, 2, 5, 6)).astype(np.float32)
-  for a, b in zip(jax.vjp(rows, x, kernel)[1](cotangent), jax.vjp(grid, x, kernel)[1](cotangent)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  rows = lambda a, w: row_matmul.rows_dot(a, w, numbers)
+  for out in (12, 4):  # widening (fc1, qkv) and narrowing (fc2) kernels
+    kernel = rng.normal(size=(8, out)).astype(np.float32)
+    np.testing.assert_allclose(rows(x, kernel), grid(x, kernel), rtol=1e-6, atol=1e-6)
+    cotangent = rng.normal(size=(3, 2, 5, out)).astype(np.float32)
+    for a, b in zip(jax.vjp(rows, x, kernel)[1](cotangent),
+                    jax.vjp(grid, x, kernel)[1](cotangent)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
   config = ModelConfig.from_size('small', depth=1)
   params = model_lib.init_params(config, jax.random.PRNGKey(0))
@@ -261,3 +267,30 @@ def test_dense_layers_multiply_rows_with_the_grid_products_and_gradients():
                   ('encoder/blocks_0/attn/proj', (1, 19, 2, 192)),
                   ('encoder/blocks_0/mlp/fc1', (1, 2, 19, 192)),
                   ('encoder/blocks_0/mlp/fc2', (1, 2, 19, 768)), ('head', (1, 192))]
+
+
+def test_narrowing_kernels_take_their_gradient_from_the_out_by_in_product():
+  """On a CPU a kernel with in > out (fc2) gets its gradient as (g^T x)^T: the compiled
+  gradient multiplies into an (out, in) matrix, which XLA's CPU matmul runs faster, where
+  XLA folds plain autodiff's transpose into an (in, out) product (as it still does for a
+  widening kernel). The same gradients with the rows sharded over the data mesh."""
+  numbers = (((1,), (0,)), ((), ()))
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(8, 12)), jnp.float32)
+
+  def kernel_grad(kernel, x=x):
+    return jax.grad(lambda k: jnp.sum(row_matmul.rows_dot(x, k, numbers) ** 2))(kernel)
+
+  def products(kernel):
+    hlo = jax.jit(kernel_grad).lower(kernel).compile().as_text()
+    return re.findall(r'f32\[(\d+,\d+)\]\S* dot\(', hlo)
+
+  narrowing, widening = jnp.ones((12, 4)), jnp.ones((12, 16))
+  assert '4,12' in products(narrowing) and '12,4' not in products(narrowing)
+  assert '12,16' in products(widening)
+  mesh = sharding.data_mesh()
+  meshed = jax.jit(kernel_grad, in_shardings=(sharding.replicated(mesh),
+                                              sharding.batch_sharded(mesh)))
+  for kernel in (narrowing, widening):
+    expected = 2 * x.T @ (x @ kernel)
+    np.testing.assert_allclose(kernel_grad(kernel), expected, rtol=1e-5)
+    np.testing.assert_allclose(meshed(kernel, x), expected, rtol=1e-5)

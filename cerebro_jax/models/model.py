@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cerebro_jax.models import gelu
+from cerebro_jax.models import gelu, row_matmul
 from cerebro_jax.models.model_config import ModelConfig
 
 # Order of the model's two outputs, as in the original BP model. Everything user-facing
@@ -45,21 +45,10 @@ def _xavier_uniform(scale: float = 1.0):
   return lambda key, shape, dtype=jnp.float32: base(key, shape, dtype) * scale
 
 
-def _rows_dot(inputs, kernel, dimension_numbers, precision=None):
-  """nn.Dense's product of (..., in) inputs and an (in, out) kernel, taken as one
-  (rows, in) x (in, out) matmul: the same outputs, but the kernel's gradient is then one
-  plain matmul. On (B, C, P, D) tokens it contracts three axes, and XLA's CPU backend
-  copies the output gradient transposed into a slower matmul (docs/benchmarks.md)."""
-  assert dimension_numbers == (((inputs.ndim - 1,), (0,)), ((), ()))
-  rows = jax.lax.dot_general(inputs.reshape(-1, inputs.shape[-1]), kernel,
-                             (((1,), (0,)), ((), ())), precision=precision)
-  return rows.reshape(*inputs.shape[:-1], kernel.shape[-1])
-
-
 def _dense(features: int, name: str, dtype: Any, scale: float = 1.0) -> nn.Dense:
   return nn.Dense(features, name=name, dtype=dtype, param_dtype=jnp.float32,
                   kernel_init=_xavier_uniform(scale), bias_init=nn.initializers.zeros,
-                  dot_general=_rows_dot)
+                  dot_general=row_matmul.rows_dot)
 
 
 def _layer_norm(name: str, dtype: Any) -> nn.LayerNorm:
