@@ -22,11 +22,11 @@ def plain(inputs, kernel, dimension_numbers, precision=None):
   rows = jax.lax.dot_general(inputs.reshape(-1, inputs.shape[-1]), kernel, (((1,), (0,)), ((), ())), precision=precision)
   return rows.reshape(*inputs.shape[:-1], kernel.shape[-1])
 variants, states = {}, {}
-for name in ('head', 'new'):
-  row_matmul.rows_dot = plain if name == 'head' else new_rows_dot
+for name in ('before', 'new'):
+  row_matmul.rows_dot = plain if name == 'before' else new_rows_dot
   step, state, batch = benchmark._train_step('small', 'float32', mesh, B, splits)
   o = dict(steps.compiler_options(splits))
-  if name == 'head': o.pop('xla_cpu_copy_insertion_use_region_analysis')
+  if name == 'before': o.pop('xla_cpu_copy_insertion_use_region_analysis')
   variants[name] = step.lower(state, batch).compile(o); states[name] = state
 row_matmul.rows_dot = new_rows_dot
 for k, c in variants.items():
@@ -41,4 +41,4 @@ for _ in range(int(os.environ.get('ROUNDS', 10))):
       t = time.perf_counter(); states[k], loss = c(states[k], batch); jax.block_until_ready(loss); ts.append(time.perf_counter() - t)
     res[k].append(statistics.median(ts) * 1e3)
 for k, v in res.items(): print(k, ' '.join(f'{x:.0f}' for x in v), 'median', f'{statistics.median(v):.1f}')
-print('new faster in', sum(a > b for a, b in zip(res['head'], res['new'])), 'of', len(res['new']), 'rounds')
+print('new faster in', sum(a > b for a, b in zip(res['before'], res['new'])), 'of', len(res['new']), 'rounds')
