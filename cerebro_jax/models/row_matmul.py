@@ -9,8 +9,8 @@ backend then copied the output gradient transposed into a slower matmul
 On a CPU a narrowing kernel (in > out: the MLP's fc2, 768 -> 192 in CEReBrO small) gets
 its gradient as (g^T x)^T: the (out, in) product, then a transpose of the small result.
 XLA's Eigen kernels ran the (768, 192) product x^T g at 88 GFLOP/s and the (192, 768) one
-at 127; the train step of CEReBrO small on 2 cores (batch 64 in 2 parts) took 2 % less
-time (docs/benchmarks.md). Same gradient, other rounding order.
+at 127; the train step of CEReBrO small on 2 cores (batch 64 in 2 parts) took 0-2 %
+less time (docs/benchmarks.md). Same gradient, other rounding order.
 """
 
 from __future__ import annotations

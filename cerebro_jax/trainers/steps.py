@@ -18,7 +18,7 @@ On a CPU the steps compile with CPU_OPTIONS: matmuls on XLA's Eigen kernels inst
 YNNPACK's (YNNPACK keeps the reductions, which the LayerNorms need), and, when every
 thread has a part of its own, Eigen on one thread per matmul: 1.05x faster at batch 64
 on 2 cores with 2 parts, and on one thread too; 512-bit vectors, 1.04x on one thread
-and 0.6-3.8 % on two; copy insertion with region analysis, 1.04x on two
+and 0.6-3.8 % on two; copy insertion with region analysis, 1.01-1.04x on two
 (docs/benchmarks.md). They round differently from XLA's defaults,
 so a run's trajectory differs in the last digits.
 """
