@@ -139,12 +139,17 @@ def warm_result_and_seconds(fn, *args, repeats):
   """(the result of a first, warm-up (compilation) call of `fn(*args)`, the median wall
   time of `repeats` more calls)."""
   result = jax.block_until_ready(fn(*args))
+  return result, statistics.median(_wall_times(lambda: fn(*args), repeats))
+
+
+def _wall_times(call, count: int) -> list[float]:
+  """Wall times (s) of `count` calls of the zero-argument `call`, each waited for."""
   times = []
-  for _ in range(repeats):
+  for _ in range(count):
     start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
+    jax.block_until_ready(call())
     times.append(time.perf_counter() - start)
-  return result, statistics.median(times)
+  return times
 
 
 def timed_calls(batch: int) -> int:
@@ -169,10 +174,7 @@ def medians_in_turns(calls: dict, repeats: int, block: int) -> dict:
   while len(next(iter(times.values()))) < repeats:
     for name, call in calls.items():
       jax.block_until_ready(call())
-      for _ in range(min(block, repeats - len(times[name]))):
-        start = time.perf_counter()
-        jax.block_until_ready(call())
-        times[name].append(time.perf_counter() - start)
+      times[name] += _wall_times(call, min(block, repeats - len(times[name])))
   return {name: statistics.median(t) for name, t in times.items()}
 
 
