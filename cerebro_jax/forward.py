@@ -8,7 +8,10 @@ matmuls on dequantized weights) 1.32x and 1.22x (docs/benchmarks.md). 512-bit ve
 (LLVM's preference is 256 bits) and, where a device has one XLA thread (serving a window
 at a time with --cpu_threads=1, or one device per core), Eigen's matmuls on the calling
 thread made batch-1 latency on one thread 1.06x faster again (2.63 against 2.78 ms,
-alternated in one process; batch 256 on two devices 1.04x). The integer INT8 paths
+alternated in one process; batch 256 on two devices 1.04x). Without XLA's tree rewrite of
+reductions the pass has 194 operations instead of 246 at batch 1, and batch 1 on one
+thread ran 1.03x faster (2.36 against 2.44 ms, faster in 10 of 10 rounds alternated in
+one process), batch 256 1.02-1.03x. The integer INT8 paths
 gained nothing and keep XLA's defaults. For inference the options move outputs by about
 3e-8 mmHg. Training steps have their own (trainers/steps.py).
 """
@@ -25,6 +28,9 @@ from cerebro_jax.quant import quantization
 from cerebro_jax.quant.quantization import QuantSpec
 
 CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': '',  # YNNPACK fusions off
+               # LayerNorm's 192-wide sums as one reduction each, not XLA's tree of
+               # 32-wide partial sums plus a reduction (three thunks more per norm).
+               'xla_disable_hlo_passes': 'tree_reduction_rewriter',
                **sharding.WIDE_VECTORS}
 FLOAT_MATMUL_MODES = ('float32', 'int8_weights')  # the modes CPU_OPTIONS speed up
 

@@ -95,8 +95,8 @@ def test_batched_prediction_equals_one_pass(saved_model):
 
 
 def test_forward_options_only_where_they_apply(saved_model, monkeypatch):
-  """The float forward pass compiles with YNNPACK fusions off and 512-bit vectors on this
-  CPU, Eigen on one thread where a device has one thread (its outputs are the model's),
+  """The float forward pass compiles with YNNPACK fusions off, XLA's tree rewrite of
+  reductions off and 512-bit vectors on this CPU, Eigen on one thread where a device has one thread (its outputs are the model's),
   the integer INT8 path with XLA's defaults; an XLA that does not know an option gets
   none instead of failing to compile."""
   _, params, config = saved_model
@@ -107,6 +107,12 @@ def test_forward_options_only_where_they_apply(saved_model, monkeypatch):
   x = np.random.default_rng(2).random((3, 2, 1250), dtype=np.float32)
   expected = jitted_apply(model_lib.CerebroBP(config), params, x)
   np.testing.assert_allclose(forward.jit(config)(params, x), expected, rtol=1e-6, atol=1e-5)
+  # A 192-wide sum (CEReBrO small's LayerNorm) stays one reduction; XLA's default splits
+  # it into a reduce-window of partial sums and a reduction.
+  row_sums = jax.jit(lambda a: a.sum(-1)).lower(np.ones((38, 192), np.float32))
+  assert 'reduce-window' not in row_sums.compile(forward.compiler_options()).as_text()
+  with_tree = {k: v for k, v in forward.CPU_OPTIONS.items() if k != 'xla_disable_hlo_passes'}
+  assert 'reduce-window' in row_sums.compile(with_tree).as_text()
   monkeypatch.setattr(sharding, 'cpu_threads_per_device', lambda: 1)
   assert forward.compiler_options() == {**forward.CPU_OPTIONS, **sharding.ONE_THREAD_MATMULS}
   np.testing.assert_allclose(forward.jit(config)(params, x), expected, rtol=1e-6, atol=1e-5)
