@@ -157,18 +157,18 @@ def test_predict_command_on_one_cpu_thread_predicts_the_same(saved_model, tmp_pa
 
 
 @pytest.mark.skipif(not os.path.isdir('/proc/self/task'), reason='needs Linux /proc')
-def test_cpu_threads_sizes_the_xla_thread_pool():
+def test_cpu_threads_sizes_the_xla_thread_pool_and_one_thread_runs_on_the_caller():
   count = ('import os, jax, jax.numpy as jnp\n'
            'from cerebro_jax import sharding\n'
            'sharding.use_cpu_threads({})\n'
            'jax.block_until_ready(jnp.ones((64, 64)) @ jnp.ones((64, 64)))\n'
            'names = [open(f"/proc/self/task/{{t}}/comm").read().strip()\n'
            '         for t in os.listdir("/proc/self/task")]\n'
-           'print(names.count("tf_XLAEigen"))')
-  for threads in (1, 3):
+           'print(jax.config.read("jax_cpu_enable_async_dispatch"), names.count("tf_XLAEigen"))')
+  for threads, asynchronous in ((1, 'False'), (3, 'True')):  # one thread: on the caller's
     result = run('-c', count.format(threads))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split()[-1] == str(threads)
+    assert result.stdout.split()[-2:] == [asynchronous, str(threads)]
   jax.devices()  # this process's backends are running: too late to size the pool
   with pytest.raises(RuntimeError, match='before anything touches a JAX device'):
     sharding.use_cpu_threads(1)
