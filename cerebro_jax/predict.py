@@ -43,7 +43,8 @@ _OUTPUT = flags.DEFINE_string('output', None, 'CSV file to write.', required=Tru
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 256, 'Windows per forward pass.', lower_bound=1)
 _CPU_THREADS = flags.DEFINE_integer(
     'cpu_threads', 0, 'On a CPU: XLA\'s thread pool size. 1 gives the lowest latency for a '
-    'few windows at a time (batch 1: 1.3-1.6x faster than with two threads on 2 cores); '
+    'few windows at a time, each call run on the calling thread (batch 1: 1.3-1.6x faster '
+    'than with two threads on 2 cores); '
     '0: XLA\'s default, one thread per core, for large batches.', lower_bound=0)
 _SCALE = flags.DEFINE_bool('scale', False, '--windows: min-max scale each channel of each '
                            'window to [0, 1] first (windows of raw ECG and PPG values).')
