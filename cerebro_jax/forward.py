@@ -11,9 +11,9 @@ thread made batch-1 latency on one thread 1.06x faster again (2.63 against 2.78 
 alternated in one process; batch 256 on two devices 1.04x). Without XLA's tree rewrite of
 reductions the pass has 194 operations instead of 246 at batch 1, and batch 1 on one
 thread ran 1.03x faster (2.36 against 2.44 ms, faster in 10 of 10 rounds alternated in
-one process), batch 256 1.02-1.03x. The integer INT8 paths
-gained nothing and keep XLA's defaults. For inference the options move outputs by about
-3e-8 mmHg. Training steps have their own (trainers/steps.py).
+one process), batch 256 1.02-1.03x. The integer INT8 paths gained nothing and keep XLA's
+defaults. For inference the options move outputs by about 3e-8 mmHg. Training steps have
+their own (trainers/steps.py).
 """
 
 from __future__ import annotations

@@ -96,9 +96,9 @@ def test_batched_prediction_equals_one_pass(saved_model):
 
 def test_forward_options_only_where_they_apply(saved_model, monkeypatch):
   """The float forward pass compiles with YNNPACK fusions off, XLA's tree rewrite of
-  reductions off and 512-bit vectors on this CPU, Eigen on one thread where a device has one thread (its outputs are the model's),
-  the integer INT8 path with XLA's defaults; an XLA that does not know an option gets
-  none instead of failing to compile."""
+  reductions off and 512-bit vectors on this CPU, Eigen on one thread where a device has
+  one thread (its outputs are the model's), the integer INT8 path with XLA's defaults; an
+  XLA that does not know an option gets none instead of failing to compile."""
   _, params, config = saved_model
   monkeypatch.setattr(sharding, 'cpu_threads_per_device', lambda: 2)
   assert forward.compiler_options() == forward.CPU_OPTIONS
