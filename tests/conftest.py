@@ -4,6 +4,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -49,6 +50,23 @@ import pytest  # pylint: disable=wrong-import-position
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEST_DATA = REPO_ROOT / 'tests' / 'data'
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _session_tempdir(tmp_path_factory):
+  """Python's temporary files (and, through TMPDIR, its subprocesses') go under pytest's
+  own directory for the session, which pytest prunes with its old runs: Apache Beam's
+  portable runner and TFDS's builders leave empty temporary directories behind (a
+  suite run left about 80 in /tmp)."""
+  scratch = str(tmp_path_factory.mktemp('tempfile'))
+  saved = tempfile.tempdir, os.environ.get('TMPDIR')
+  tempfile.tempdir = os.environ['TMPDIR'] = scratch
+  yield
+  tempfile.tempdir = saved[0]
+  if saved[1] is None:
+    del os.environ['TMPDIR']
+  else:
+    os.environ['TMPDIR'] = saved[1]
 
 
 @pytest.fixture(scope='session')
