@@ -225,15 +225,15 @@ class Encoder(nn.Module):
       if padded is not None:
         tokens = put(padded, pad_token, tokens)
       tokens = put(jnp.asarray(token_mask, bool)[..., None], mask_token, tokens) + encoding
-    if channel_mask is None:
-      channel_mask = jnp.ones((batch, channels), bool)
+    channel_mask = (jnp.ones((batch, channels), bool) if channel_mask is None
+                    else jnp.asarray(channel_mask, bool))
 
     keep = None
     if not deterministic and cfg.drop_path_rate > 0.0:
       keep = drop_path_keep(self.make_rng('dropout'), cfg.drop_path_rate, cfg.depth, batch)
     for i in range(cfg.depth):
       tokens = Block(cfg, i, block_mode(cfg, i), name=f'blocks_{i}')(
-          tokens, jnp.asarray(channel_mask, bool), None if keep is None else keep[i])
+          tokens, channel_mask, None if keep is None else keep[i])
     return _layer_norm('norm', dtype)(tokens)
 
 
