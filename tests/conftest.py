@@ -59,14 +59,10 @@ def _session_tempdir(tmp_path_factory):
   portable runner and TFDS's builders leave empty temporary directories behind (a
   suite run left about 80 in /tmp)."""
   scratch = str(tmp_path_factory.mktemp('tempfile'))
-  saved = tempfile.tempdir, os.environ.get('TMPDIR')
-  tempfile.tempdir = os.environ['TMPDIR'] = scratch
-  yield
-  tempfile.tempdir = saved[0]
-  if saved[1] is None:
-    del os.environ['TMPDIR']
-  else:
-    os.environ['TMPDIR'] = saved[1]
+  with pytest.MonkeyPatch.context() as patch:  # undone after the session
+    patch.setattr(tempfile, 'tempdir', scratch)
+    patch.setenv('TMPDIR', scratch)
+    yield
 
 
 @pytest.fixture(scope='session')
